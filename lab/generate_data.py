@@ -17,7 +17,7 @@ DOCUMENTS = 580
 EMBEDDING_DIM = 1024
 UUID_NAMESPACE = uuid.UUID("6f1c1c3e-6a55-4f43-9d7e-2f3a1b0c5d11")
 
-FR_WORDS = (
+FR_VOCABULARY = (
     "le tribunal de première instance la cour d'appel la cour de cassation le juge "
     "le demandeur le défendeur l'appelant l'intimé le ministère public le greffier "
     "l'avocat le mandataire la partie civile le prévenu l'accusé la victime le témoin "
@@ -52,9 +52,9 @@ FR_WORDS = (
     "l'infraction le délit le crime la contravention la compétence territoriale "
     "matérielle la juridiction administrative le tribunal administratif le recours "
     "pour excès de pouvoir la décision administrative l'intérêt à agir la qualité"
-).split()
+)
 
-AR_WORDS = (
+AR_VOCABULARY = (
     "المحكمة الابتدائية محكمة الاستئناف محكمة التعقيب القاضي المدعي المدعى عليه "
     "المستأنف المستأنف ضده النيابة العمومية كاتب المحكمة المحامي الوكيل القائم "
     "بالحق الشخصي المتهم المتضرر الشاهد الخبير العدلي عدل التنفيذ عدل الإشهاد "
@@ -78,7 +78,9 @@ AR_WORDS = (
     "الخطية السجن مع تأجيل التنفيذ العود ظروف التخفيف الجريمة الجنحة الجناية "
     "المخالفة الاختصاص الترابي الحكمي القضاء الإداري المحكمة الإدارية دعوى "
     "تجاوز السلطة المقرر الإداري المصلحة الصفة"
-).split()
+)
+FR_WORDS = FR_VOCABULARY.split()
+AR_WORDS = AR_VOCABULARY.split()
 
 FR_TITLES = ("Arrêt n°", "Jugement n°", "Décret n°", "Loi n°", "Circulaire n°", "Avis n°")
 AR_TITLES = ("قرار تعقيبي عدد", "حكم ابتدائي عدد", "أمر حكومي عدد", "قانون عدد", "منشور عدد", "رأي عدد")
@@ -224,9 +226,9 @@ def main():
     parser.add_argument("--documents", type=int, default=DOCUMENTS)
     parser.add_argument("--mean-bytes", type=int, default=88_000, help="mean content size per document")
     args = parser.parse_args()
-    out = open(sys.stdout.fileno(), "w", encoding="utf-8", buffering=1 << 20, closefd=False)
-    write_sql(out, args.documents, args.mean_bytes)
-    out.flush()
+    # A big buffer and explicit UTF-8: stdout may be a pipe with a C locale.
+    with open(sys.stdout.fileno(), "w", encoding="utf-8", buffering=1 << 20, closefd=False) as out:
+        write_sql(out, args.documents, args.mean_bytes)
 
 
 if __name__ == "__main__":

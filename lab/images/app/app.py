@@ -74,7 +74,7 @@ def health():
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - name imposed by BaseHTTPRequestHandler
+    def do_GET(self):
         if self.path.split("?")[0] == "/api/health":
             code, body = health()
         elif self.path == "/":
@@ -92,7 +92,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         # The healthcheck polls every second; only log what is not a health probe.
         if "/api/health" not in self.path:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+            sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
 
 def main():
