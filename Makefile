@@ -1,0 +1,79 @@
+# qadhya.dbops — everything a person or CI runs goes through these targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+INSTANCE ?= default
+COLLECTION_LINK := .cache/collections/ansible_collections/qadhya/dbops
+
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_FORCE_COLOR ?= 0
+
+.PHONY: help venv images lab-up lab-reset lab-down lab-status demo test lint sanity \
+        unit integration build changelog bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	python=$$(.ci/find-python); "$$python" -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(COLLECTION_LINK):
+	mkdir -p $(@D) && ln -sfn ../../../.. $@
+
+venv: $(VENV)/.installed $(COLLECTION_LINK) ## Create the virtualenv and expose the checkout as qadhya.dbops
+
+images: venv ## Build the lab images (offline-capable)
+	$(BIN)/python lab/lab.py build
+
+lab-up: images ## Bring the lab (INSTANCE=default) to the incident state
+	$(BIN)/python lab/lab.py up --instance $(INSTANCE)
+
+lab-reset: ## Reset the lab (INSTANCE=default) to the incident state in seconds
+	$(BIN)/python lab/lab.py reset --instance $(INSTANCE)
+
+lab-down: ## Remove the lab instance (INSTANCE=default)
+	$(BIN)/python lab/lab.py down --instance $(INSTANCE)
+
+lab-status: ## Show databases, row counts, env file and health of the lab
+	$(BIN)/python lab/lab.py status --instance $(INSTANCE)
+
+demo: lab-up ## Replay the incident on the lab and consolidate it
+	@if [ -f playbooks/consolidate.yml ]; then \
+	  ansible-playbook playbooks/consolidate.yml -i inventory/lab; \
+	else \
+	  $(BIN)/python lab/lab.py status --instance $(INSTANCE); \
+	fi
+
+lint: venv ## ansible-lint (production profile) and ruff
+	ansible-lint --offline
+	ruff check .
+
+sanity: venv ## ansible-test sanity from an ansible_collections tree
+	tests/sanity/run.sh
+
+unit: venv ## Unit tests only
+	pytest tests/unit
+
+integration: images ## Integration tests on the real lab
+	pytest -m integration tests/integration
+
+test: lint sanity images ## Everything CI runs: lint, sanity, unit and integration tests
+	pytest tests/unit tests/integration
+
+build: venv ## Build the collection tarball into .cache/dist
+	ansible-galaxy collection build --force --output-path .cache/dist .
+
+changelog: venv ## Regenerate CHANGELOG.md from the fragments
+	antsibull-changelog release --version "$$(awk '/^version:/ {print $$2}' galaxy.yml)"
+
+bench: images ## Playbook vs the incident's hand-run shell sequence, side by side
+	$(BIN)/python bench/run.py
+
+clean: ## Remove the virtualenv and caches (the lab stays; see lab-down)
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,108 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL connection and identifier helpers shared by the modules (private)."""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._docker import DockerError, container_ip
+
+PSYCOPG2_IMPORT_ERROR = None
+try:
+    import psycopg2
+    from psycopg2 import sql
+except ImportError:  # pragma: no cover - exercised only without psycopg2
+    psycopg2 = None
+    sql = None
+    PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
+
+# PostgreSQL truncates identifiers to NAMEDATALEN-1 bytes; refusing longer
+# names avoids acting on a different object than the one asked for.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def connection_argument_spec():
+    """Options every module takes to reach the server (see doc fragment)."""
+    return dict(
+        db_container=dict(type="str"),
+        login_host=dict(type="str"),
+        login_port=dict(type="int", default=5432),
+        login_user=dict(type="str", default="postgres"),
+        login_password=dict(type="str", no_log=True),
+        maintenance_db=dict(type="str", default="postgres"),
+        connect_timeout=dict(type="int", default=10),
+        docker_bin=dict(type="str", default="docker"),
+    )
+
+
+def require_psycopg2(module):
+    if psycopg2 is None:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
+
+
+def validate_identifier(value, what="database name"):
+    """Return `value` if it can be an identifier, else raise ValueError.
+
+    Any character is allowed (it is always quoted), but empty names, NUL
+    bytes and names PostgreSQL would silently truncate are refused.
+    """
+    if not isinstance(value, str) or value == "":
+        raise ValueError("%s must be a non-empty string" % what)
+    if "\x00" in value:
+        raise ValueError("%s %r contains a NUL byte" % (what, value))
+    if len(value.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(
+            "%s %r is longer than %d bytes; PostgreSQL would truncate it"
+            % (what, value, MAX_IDENTIFIER_BYTES)
+        )
+    return value
+
+
+def ident(*parts):
+    """psycopg2 SQL identifier (schema-qualified when given several parts)."""
+    return sql.Identifier(*parts)
+
+
+def resolve_host(module):
+    """login_host, or the database container's address when it is empty."""
+    host = module.params.get("login_host")
+    if host:
+        return host
+    container = module.params.get("db_container")
+    if not container:
+        module.fail_json(msg="set login_host or db_container so the module can reach PostgreSQL")
+    try:
+        return container_ip(module, container)
+    except DockerError as exc:
+        module.fail_json(msg=str(exc))
+
+
+def connect(module, dbname=None, host=None, autocommit=True):
+    """Open a psycopg2 connection; fail the module with a one-line reason."""
+    require_psycopg2(module)
+    params = module.params
+    dbname = dbname or params["maintenance_db"]
+    kwargs = dict(
+        host=host or resolve_host(module),
+        port=params["login_port"],
+        user=params["login_user"],
+        dbname=dbname,
+        connect_timeout=params["connect_timeout"],
+        application_name="qadhya.dbops",
+    )
+    if params.get("login_password"):
+        kwargs["password"] = params["login_password"]
+    try:
+        conn = psycopg2.connect(**kwargs)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        module.fail_json(
+            msg="cannot connect to database %r on %s:%s as %r: %s; check the host, "
+            "credentials and that the database exists"
+            % (dbname, kwargs["host"], kwargs["port"], kwargs["user"], first)
+        )
+    conn.autocommit = autocommit
+    return conn

@@ -1,0 +1,133 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Docker CLI helpers shared by the modules (private).
+
+Programs that must match the server's version (pg_dump, psql, pg_restore)
+run inside the database container through ``docker exec``. Secrets never
+go on a command line: ``docker exec -e NAME`` copies NAME from the
+environment of the docker client process, which we set ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+
+class DockerError(Exception):
+    """A docker CLI call failed; the message is safe to show."""
+
+
+def docker_bin(module):
+    path = module.get_bin_path(module.params.get("docker_bin") or "docker")
+    if not path:
+        raise DockerError(
+            "docker CLI not found on the Docker host; install the docker client "
+            "or set docker_bin to its path"
+        )
+    return path
+
+
+def inspect_container(module, name):
+    """Return `docker inspect` of one container, or raise with a clear message."""
+    rc, out, err = module.run_command([docker_bin(module), "container", "inspect", "--", name])
+    if rc != 0:
+        raise DockerError(
+            "container %r not found or Docker not reachable (%s); check the container "
+            "name in the inventory and that the Docker engine runs" % (name, err.strip())
+        )
+    return json.loads(out)[0]
+
+
+def container_ip(module, name):
+    """First IP address of a running container on any of its networks."""
+    info = inspect_container(module, name)
+    if not info.get("State", {}).get("Running"):
+        raise DockerError("container %r is not running; start it first" % name)
+    for net in (info.get("NetworkSettings", {}).get("Networks") or {}).values():
+        if net.get("IPAddress"):
+            return net["IPAddress"]
+    raise DockerError(
+        "container %r has no IP address on any network; set login_host explicitly" % name
+    )
+
+
+def exec_argv(module, container, argv, env=None, user=None, interactive=False):
+    """Build the `docker exec` argv and the process env for `argv` in `container`.
+
+    `env` maps variable names to values; only the names reach the argv.
+    """
+    cmd = [docker_bin(module), "exec"]
+    if interactive:
+        cmd.append("-i")
+    if user:
+        cmd += ["-u", user]
+    proc_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            continue
+        cmd += ["-e", key]
+        proc_env[key] = str(value)
+    cmd.append(container)
+    cmd += list(argv)
+    return cmd, proc_env
+
+
+def run_in_container(module, container, argv, env=None, user=None, data=None):
+    """Run a short command in the container; return (rc, stdout, stderr, argv)."""
+    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user, interactive=data is not None)
+    proc = subprocess.run(
+        cmd,
+        input=data,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=proc_env,
+        check=False,
+    )
+    return (
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+        cmd,
+    )
+
+
+def stream_from_container(module, container, argv, env=None, user=None):
+    """Start `argv` in the container and return the Popen with a readable stdout.
+
+    The caller reads `proc.stdout` in chunks, then calls `proc.wait()` and
+    reads `proc.stderr`; stderr goes to a temporary file so a chatty
+    program can never block on a full pipe.
+    """
+    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user)
+    errfile = _tempfile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, env=proc_env)
+    proc.errfile = errfile
+    proc.cmd = cmd
+    return proc
+
+
+def stream_into_container(module, container, argv, env=None, user=None):
+    """Start `argv` in the container with a writable stdin (for restores)."""
+    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user, interactive=True)
+    errfile = _tempfile()
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=proc_env
+    )
+    proc.errfile = errfile
+    proc.cmd = cmd
+    return proc
+
+
+def read_stderr(proc, limit=4000):
+    proc.errfile.seek(0)
+    text = proc.errfile.read().decode("utf-8", "replace")
+    proc.errfile.close()
+    return text[-limit:]
+
+
+def _tempfile():
+    import tempfile
+
+    return tempfile.TemporaryFile()
