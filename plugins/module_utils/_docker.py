@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 
 
 class DockerError(Exception):
@@ -57,40 +58,32 @@ def exec_argv(module, container, argv, env=None, user=None, interactive=False):
     """Build the `docker exec` argv and the process env for `argv` in `container`.
 
     `env` maps variable names to values; only the names reach the argv.
+    Returns the argv and the variables to add to the docker client's
+    environment.
     """
     cmd = [docker_bin(module), "exec"]
     if interactive:
         cmd.append("-i")
     if user:
         cmd += ["-u", user]
-    proc_env = dict(os.environ)
+    secrets = {}
     for key, value in (env or {}).items():
         if value is None:
             continue
         cmd += ["-e", key]
-        proc_env[key] = str(value)
+        secrets[key] = str(value)
     cmd.append(container)
     cmd += list(argv)
-    return cmd, proc_env
+    return cmd, secrets
 
 
 def run_in_container(module, container, argv, env=None, user=None, data=None):
     """Run a short command in the container; return (rc, stdout, stderr, argv)."""
-    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user, interactive=data is not None)
-    proc = subprocess.run(
-        cmd,
-        input=data,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=proc_env,
-        check=False,
+    cmd, secrets = exec_argv(module, container, argv, env=env, user=user, interactive=data is not None)
+    rc, out, err = module.run_command(
+        cmd, data=data, binary_data=True, environ_update=secrets, check_rc=False
     )
-    return (
-        proc.returncode,
-        proc.stdout.decode("utf-8", "replace"),
-        proc.stderr.decode("utf-8", "replace"),
-        cmd,
-    )
+    return rc, out, err, cmd
 
 
 def stream_from_container(module, container, argv, env=None, user=None):
@@ -100,9 +93,12 @@ def stream_from_container(module, container, argv, env=None, user=None):
     reads `proc.stderr`; stderr goes to a temporary file so a chatty
     program can never block on a full pipe.
     """
-    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user)
-    errfile = _tempfile()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, env=proc_env)
+    cmd, secrets = exec_argv(module, container, argv, env=env, user=user)
+    errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed by read_stderr()
+    # run_command buffers the whole output in memory; a dump must stream.
+    proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+        cmd, stdout=subprocess.PIPE, stderr=errfile, env=dict(os.environ, **secrets)
+    )
     proc.errfile = errfile
     proc.cmd = cmd
     return proc
@@ -110,10 +106,15 @@ def stream_from_container(module, container, argv, env=None, user=None):
 
 def stream_into_container(module, container, argv, env=None, user=None):
     """Start `argv` in the container with a writable stdin (for restores)."""
-    cmd, proc_env = exec_argv(module, container, argv, env=env, user=user, interactive=True)
-    errfile = _tempfile()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=proc_env
+    cmd, secrets = exec_argv(module, container, argv, env=env, user=user, interactive=True)
+    errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed by read_stderr()
+    # run_command needs the whole input in memory; a restore must stream.
+    proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=errfile,
+        env=dict(os.environ, **secrets),
     )
     proc.errfile = errfile
     proc.cmd = cmd
@@ -125,9 +126,3 @@ def read_stderr(proc, limit=4000):
     text = proc.errfile.read().decode("utf-8", "replace")
     proc.errfile.close()
     return text[-limit:]
-
-
-def _tempfile():
-    import tempfile
-
-    return tempfile.TemporaryFile()
