@@ -1,0 +1,605 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only inventory of the databases on a server (private).
+
+Used by ``db_info`` (and by ``db_rename`` to prove a target is empty).
+Everything here only reads: each database is inspected in one
+REPEATABLE READ READ ONLY transaction, so its counts are one snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
+    ident,
+    psycopg2,
+    sql,
+)
+
+DEFAULT_SCHEMA = "public"
+MIGRATIONS_TABLE = "_migrations"
+COUNT_METHODS = ("exact", "estimate", "auto")
+SECRET_KEY_RE = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
+MASK = "********"
+# Tables counted per statement; keeps a statement reasonable on big schemas.
+COUNT_BATCH = 400
+MIGRATION_ROWS_LIMIT = 1000
+
+
+class InventoryError(Exception):
+    """A failure whose message is one clear line, safe to show."""
+
+
+# --------------------------------------------------------------------------
+# Env file
+# --------------------------------------------------------------------------
+
+
+def is_secret_key(key):
+    return bool(SECRET_KEY_RE.search(key))
+
+
+def _parse_double_quoted(text):
+    """Value of a "..." string starting after the opening quote, and the rest."""
+    out = []
+    i = 0
+    escapes = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append(escapes.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if ch == '"':
+            return "".join(out), text[i + 1:]
+        out.append(ch)
+        i += 1
+    return None, None
+
+
+def parse_env_value(raw):
+    """Value of the right-hand side of KEY=VALUE as a shell / dotenv reads it."""
+    value = raw.strip()
+    if value.startswith("'"):
+        end = value.find("'", 1)
+        if end != -1:
+            return value[1:end]
+        return value
+    if value.startswith('"'):
+        parsed, _rest = _parse_double_quoted(value[1:])
+        if parsed is not None:
+            return parsed
+        return value
+    # Unquoted: an inline comment starts at a '#' preceded by whitespace.
+    match = re.search(r"\s#", value)
+    if match:
+        value = value[:match.start()]
+    return value.strip()
+
+
+def parse_env_text(text):
+    """Return {KEY: value} of an env file's text; later lines win."""
+    values = {}
+    text = text.removeprefix("\ufeff")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        if line.startswith(("export ", "export\t")):
+            line = line[len("export"):].lstrip()
+        key, _sep, rest = line.partition("=")
+        key = key.strip()
+        if not ENV_KEY_RE.match(key):
+            continue
+        values[key] = parse_env_value(rest)
+    return values
+
+
+def mask_value(value):
+    """Hide a password embedded in a URL value (scheme://user:pass@host)."""
+    return URL_PASSWORD_RE.sub(lambda m: m.group(1) + MASK + m.group(3), value)
+
+
+def split_env(values):
+    """(public {key: value}, sorted secret key names) of parsed env values."""
+    public = {}
+    secrets = []
+    for key, value in values.items():
+        if is_secret_key(key):
+            secrets.append(key)
+        else:
+            public[key] = mask_value(value)
+    return public, sorted(secrets)
+
+
+def read_env_file(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise InventoryError(
+            "env file %s does not exist; check env_file (the path on the Docker host)" % path
+        ) from None
+    except OSError as exc:
+        raise InventoryError(
+            "cannot read env file %s: %s; check env_file and the task's privileges (become)"
+            % (path, exc.strerror or exc)
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InventoryError("env file %s is not valid UTF-8; check env_file" % path) from None
+    return parse_env_text(text)
+
+
+# --------------------------------------------------------------------------
+# Table names and counting decisions
+# --------------------------------------------------------------------------
+
+
+def split_qualified(name):
+    """Split 'schema.table' into its parts; double quotes protect dots.
+
+    'kb' -> ('public', 'kb'); 'a.b' -> ('a', 'b'); '"x.y"' -> ('public', 'x.y');
+    '"s"."t"' -> ('s', 't'). Without quotes, a name with several dots is
+    split at the first one.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("table name must be a non-empty string")
+    parts = []
+    current = []
+    quoted = False
+    was_quoted = False
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        if quoted:
+            if ch == '"':
+                if i + 1 < len(name) and name[i + 1] == '"':
+                    current.append('"')
+                    i += 2
+                    continue
+                quoted = False
+            else:
+                current.append(ch)
+        elif ch == '"' and not current:
+            quoted = True
+            was_quoted = True
+        elif ch == "." and len(parts) == 0:
+            parts.append(("".join(current), was_quoted))
+            current = []
+            was_quoted = False
+        else:
+            current.append(ch)
+        i += 1
+    if quoted:
+        raise ValueError("table name %r has an unterminated double quote" % name)
+    parts.append(("".join(current), was_quoted))
+    names = [text if q else text.strip() for text, q in parts]
+    if any(not part for part in names):
+        raise ValueError("table name %r has an empty part" % name)
+    if len(names) == 1:
+        return DEFAULT_SCHEMA, names[0]
+    return names[0], names[1]
+
+
+def table_key(schema, table):
+    """Result key of a table: bare name in public, 'schema.table' elsewhere."""
+    if schema == DEFAULT_SCHEMA:
+        return table
+    return "%s.%s" % (schema, table)
+
+
+def choose_method(mode, reltuples, exact_max_rows):
+    """'exact' or 'estimate' for one table.
+
+    reltuples < 0 means the table was never analyzed: its estimate is
+    unknown, so it is counted exactly whatever the mode.
+    """
+    if reltuples is None or reltuples < 0:
+        return "exact"
+    if mode == "estimate":
+        return "estimate"
+    if mode == "auto" and reltuples > exact_max_rows:
+        return "estimate"
+    return "exact"
+
+
+def decide_has_data(tables, data_tables, ignore=(MIGRATIONS_TABLE,)):
+    """True when the database holds the app's data.
+
+    `tables` maps result keys to {rows, ...}; `data_tables` are result keys
+    (empty: any table except the ignored ones and extension tables).
+    """
+    if data_tables:
+        return any((tables.get(key) or {}).get("rows", 0) > 0 for key in data_tables)
+    return any(
+        info.get("rows", 0) > 0
+        for key, info in tables.items()
+        if key not in ignore and not info.get("extension")
+    )
+
+
+def top_tables(tables, limit=3):
+    ranked = sorted(
+        ((info["rows"], key) for key, info in tables.items() if info.get("rows", 0) > 0),
+        key=lambda item: (-item[0], item[1]),
+    )
+    return ranked[:limit]
+
+
+def _describe_data(name, info):
+    ranked = top_tables(info.get("tables") or {})
+    if not ranked:
+        return "'%s'" % name
+    parts = ["%d rows in %s" % (ranked[0][0], ranked[0][1])]
+    parts += ["%d in %s" % (rows, key) for rows, key in ranked[1:]]
+    more = len([1 for t in info["tables"].values() if t.get("rows", 0) > 0]) - len(ranked)
+    if more > 0:
+        parts.append("%d more table(s)" % more)
+    return "'%s' (%s)" % (name, ", ".join(parts))
+
+
+def decide(databases, configured, server_databases, env_given=True):
+    """Cross the inventory with the env file.
+
+    `databases`: {name: {has_data, tables, missing_tables, ...}} inspected;
+    `configured`: database named in the env file (None when unknown);
+    `server_databases`: every database name on the server.
+    Returns dict(data_databases, configured_exists, mismatch, summary).
+    """
+    data_databases = sorted(name for name, info in databases.items() if info.get("has_data"))
+    configured_exists = bool(configured) and configured in server_databases
+    configured_has_data = bool(configured) and configured in data_databases
+    mismatch = bool(configured) and not configured_has_data and bool(data_databases)
+
+    if data_databases:
+        described = [_describe_data(name, databases[name]) for name in data_databases]
+        text = "data in " + " and ".join(described)
+    else:
+        text = "no database holds data (checked: %s)" % (", ".join(sorted(databases)) or "none")
+
+    if not env_given:
+        text += "; no env file given"
+    elif not configured:
+        text += "; the env file names no database"
+    elif not configured_exists:
+        text += "; app configured for '%s' which does not exist" % configured
+    elif configured_has_data:
+        text += "; app configured for '%s'" % configured
+    else:
+        text += "; app configured for '%s' which is empty" % configured
+    if configured:
+        text += " — they disagree" if mismatch else (" — they agree" if configured_has_data else "")
+    if len(data_databases) > 1:
+        text += "; more than one database holds data"
+    for name in sorted(databases):
+        missing = databases[name].get("missing_tables") or []
+        if missing:
+            text += "; missing in '%s': %s" % (name, ", ".join(missing))
+    return dict(
+        data_databases=data_databases,
+        configured_exists=configured_exists,
+        mismatch=mismatch,
+        summary=text,
+    )
+
+
+# --------------------------------------------------------------------------
+# Connections
+# --------------------------------------------------------------------------
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def is_auth_failure(message):
+    text = message.lower()
+    return (
+        "password authentication failed" in text
+        or "no password supplied" in text
+        or "authentication failed for user" in text
+    )
+
+
+class Connector:
+    """Opens psycopg2 connections with the module's connection options.
+
+    Unlike _connection.connect() it raises InventoryError instead of failing
+    the module, so it can be used from worker threads.
+    """
+
+    def __init__(self, params, host):
+        self.host = host
+        self.port = params["login_port"]
+        self.user = params["login_user"]
+        self.kwargs = dict(
+            host=host,
+            port=params["login_port"],
+            user=params["login_user"],
+            connect_timeout=params["connect_timeout"],
+            application_name="qadhya.dbops",
+        )
+        if params.get("login_password"):
+            self.kwargs["password"] = params["login_password"]
+
+    def open(self, dbname, autocommit=True):
+        try:
+            conn = psycopg2.connect(dbname=dbname, **self.kwargs)
+        except psycopg2.OperationalError as exc:
+            reason = _first_line(exc)
+            if is_auth_failure(reason):
+                raise InventoryError(
+                    "password authentication failed for user '%s' on %s:%s; check "
+                    "login_password / DB_PASSWORD in the env file" % (self.user, self.host, self.port)
+                ) from None
+            raise InventoryError(
+                "cannot connect to database '%s' on %s:%s as '%s': %s"
+                % (dbname, self.host, self.port, self.user, reason)
+            ) from None
+        conn.autocommit = autocommit
+        return conn
+
+
+# --------------------------------------------------------------------------
+# Queries
+# --------------------------------------------------------------------------
+
+LIST_DATABASES = """
+SELECT d.datname,
+       pg_catalog.pg_get_userbyid(d.datdba),
+       pg_catalog.pg_encoding_to_char(d.encoding),
+       d.datcollate,
+       d.datallowconn,
+       d.datistemplate,
+       CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT')
+            THEN pg_catalog.pg_database_size(d.oid) END,
+       (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid)
+  FROM pg_catalog.pg_database d
+ ORDER BY d.datname
+"""
+
+# Relations of one database. Partitions are left out (their parent counts
+# them); reltuples of a partitioned parent is the sum over its leaves.
+LIST_RELATIONS = """
+SELECT n.nspname,
+       c.relname,
+       c.relkind,
+       CASE WHEN c.relkind = 'p' THEN
+            (SELECT CASE WHEN bool_or(l.reltuples < 0) THEN -1
+                         ELSE coalesce(sum(l.reltuples), 0) END
+               FROM pg_catalog.pg_partition_tree(c.oid) t
+               JOIN pg_catalog.pg_class l ON l.oid = t.relid
+              WHERE t.isleaf)
+            ELSE c.reltuples END::float8,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_depend dep
+                WHERE dep.classid = 'pg_catalog.pg_class'::regclass
+                  AND dep.objid = c.oid AND dep.deptype = 'e')
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+   AND NOT c.relispartition
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_toast%'
+   AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+ ORDER BY n.nspname, c.relname
+"""
+
+
+def list_databases(cur):
+    cur.execute(LIST_DATABASES)
+    result = {}
+    for row in cur.fetchall():
+        name, owner, encoding, collate, allow, template, size, conns = row
+        result[name] = dict(
+            owner=owner,
+            encoding=encoding,
+            collate=collate,
+            allow_connections=bool(allow),
+            is_template=bool(template),
+            size_bytes=int(size) if size is not None else None,
+            connections=int(conns),
+        )
+    return result
+
+
+def select_databases(server, requested):
+    """Names to inspect: `requested` (must exist) or every connectable one."""
+    if not requested:
+        return [
+            name
+            for name, info in sorted(server.items())
+            if info["allow_connections"] and not info["is_template"]
+        ]
+    names = []
+    for name in requested:
+        if name not in server:
+            raise InventoryError(
+                "database '%s' does not exist on server; existing: %s"
+                % (name, ", ".join(sorted(n for n in server if not server[n]["is_template"])))
+            )
+        if not server[name]["allow_connections"]:
+            raise InventoryError(
+                "database '%s' does not accept connections (ALLOW_CONNECTIONS is false, "
+                "maybe an interrupted rename); allow connections or leave it out of databases" % name
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _count_statement(tables):
+    parts = [
+        sql.SQL("SELECT {0}::int, count(*) FROM {1}").format(sql.Literal(i), ident(schema, table))
+        for i, (schema, table) in tables
+    ]
+    return sql.SQL(" UNION ALL ").join(parts)
+
+
+def count_exact(cur, tables):
+    """{(schema, table): rows} with one statement per COUNT_BATCH tables."""
+    result = {}
+    indexed = list(enumerate(tables))
+    for start in range(0, len(indexed), COUNT_BATCH):
+        batch = indexed[start:start + COUNT_BATCH]
+        cur.execute(_count_statement(batch))
+        for i, rows in cur.fetchall():
+            result[tables[i]] = int(rows)
+    return result
+
+
+def checksum_statement(tables):
+    """One statement: index, row count and order-independent hash sum per table."""
+    parts = [
+        sql.SQL(
+            "SELECT {0}::int, count(*), coalesce(sum(pg_catalog.hashtext(_qadhya_row::text)::bigint), 0)"
+            " FROM {1} AS _qadhya_row"
+        ).format(sql.Literal(i), ident(schema, table))
+        for i, (schema, table) in enumerate(tables)
+    ]
+    return sql.SQL(" UNION ALL ").join(parts)
+
+
+def jsonable(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return float(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def inspect_database(conn, options):
+    """Inventory of one database through `conn` (a fresh connection).
+
+    options: count, exact_max_rows, expected (list of (schema, table)),
+    checksum (list of (schema, table)), data_tables (list of keys),
+    migrations ((schema, table)).
+    """
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(LIST_RELATIONS)
+            relations = {}
+            for schema, table, kind, reltuples, extension in cur.fetchall():
+                relations[(schema, table)] = (kind, reltuples, extension)
+
+            counted = [(key, rel) for key, rel in relations.items() if rel[0] in ("r", "p")]
+            exact_list = []
+            tables = {}
+            for (schema, table), (_kind, reltuples, extension) in counted:
+                method = choose_method(options["count"], reltuples, options["exact_max_rows"])
+                entry = dict(rows=None, method=method)
+                if extension:
+                    entry["extension"] = True
+                tables[table_key(schema, table)] = entry
+                if method == "exact":
+                    exact_list.append((schema, table))
+                else:
+                    entry["rows"] = int(round(reltuples))
+            for (schema, table), rows in count_exact(cur, exact_list).items():
+                tables[table_key(schema, table)]["rows"] = rows
+
+            missing = [
+                table_key(schema, table)
+                for schema, table in options["expected"]
+                if (schema, table) not in relations
+            ]
+
+            checksums = {}
+            present = [t for t in options["checksum"] if t in relations]
+            absent = [t for t in options["checksum"] if t not in relations]
+            if present:
+                cur.execute(checksum_statement(present))
+                for i, rows, total in cur.fetchall():
+                    schema, table = present[i]
+                    checksums[table_key(schema, table)] = dict(
+                        rows=int(rows), checksum="%d:%d" % (int(rows), int(total))
+                    )
+            for schema, table in absent:
+                checksums[table_key(schema, table)] = dict(rows=None, checksum=None, missing=True)
+
+            mig_schema, mig_table = options["migrations"]
+            migrations = dict(table_exists=(mig_schema, mig_table) in relations, rows=[], count=0)
+            if migrations["table_exists"]:
+                mig_key = table_key(mig_schema, mig_table)
+                if tables.get(mig_key, {}).get("method") == "exact":
+                    migrations["count"] = tables[mig_key]["rows"]
+                else:
+                    cur.execute(sql.SQL("SELECT count(*) FROM {0}").format(ident(mig_schema, mig_table)))
+                    migrations["count"] = int(cur.fetchone()[0])
+                cur.execute(
+                    sql.SQL("SELECT * FROM {0} ORDER BY 1 LIMIT {1}").format(
+                        ident(mig_schema, mig_table), sql.Literal(MIGRATION_ROWS_LIMIT)
+                    )
+                )
+                columns = [desc[0] for desc in cur.description]
+                migrations["rows"] = [
+                    {columns[i]: jsonable(val) for i, val in enumerate(row)} for row in cur.fetchall()
+                ]
+        conn.rollback()
+    finally:
+        conn.close()
+
+    result = dict(
+        tables=tables,
+        total_rows=sum(t["rows"] for t in tables.values()),
+        has_data=decide_has_data(tables, options["data_tables"]),
+        missing_tables=missing,
+        migrations=migrations,
+        checksums=checksums,
+    )
+    return result
+
+
+def inspect_all(connector, names, options, parallel):
+    """{name: inventory} for every name, `parallel` databases at a time."""
+
+    def work(name):
+        started = time.monotonic()
+        conn = connector.open(name, autocommit=True)
+        try:
+            info = inspect_database(conn, options)
+        except psycopg2.Error as exc:
+            raise InventoryError(
+                "inspecting database '%s' failed: %s" % (name, _first_line(exc))
+            ) from None
+        info["elapsed_ms"] = int((time.monotonic() - started) * 1000)
+        return info
+
+    if not names:
+        return {}
+    workers = max(1, min(int(parallel), len(names)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [(name, pool.submit(work, name)) for name in names]
+        # result() re-raises the worker's InventoryError in this thread.
+        return {name: future.result() for name, future in futures}
+
+
+def server_version(cur):
+    cur.execute("SELECT pg_catalog.current_setting('server_version')")
+    return cur.fetchone()[0]

@@ -1,0 +1,384 @@
+#!/usr/bin/python
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: db_info
+short_description: Find which database holds the data and whether the app points at it
+version_added: 0.1.0
+description:
+  - Lists the databases of a PostgreSQL server, counts the rows of every table
+    in each of them, and reads the application's env file to tell plainly which
+    database holds the data, which one the application is configured for, and
+    whether they disagree.
+  - Reports expected tables that are missing (unapplied migrations) and the
+    content of the migrations tracking table.
+  - Each database is read in a single C(REPEATABLE READ READ ONLY) transaction,
+    so its counts form one consistent snapshot; several databases are read in
+    parallel, one connection each.
+  - This module never changes anything and fully supports check mode.
+author:
+  - qadhya platform team (@qadhya)
+extends_documentation_fragment:
+  - qadhya.dbops.connection
+options:
+  databases:
+    description:
+      - Databases to inspect. Each must exist and accept connections.
+      - Empty means every database that accepts connections, templates excepted.
+      - The database named in O(env_file) is always inspected as well when it exists.
+    type: list
+    elements: str
+    default: []
+  expected_tables:
+    description:
+      - Tables that must exist in every inspected database, as C(table) (schema
+        C(public)) or C(schema.table); use double quotes around a part that
+        contains a dot.
+      - Missing ones are listed per database in RV(databases[].missing_tables),
+        which is how an unapplied migration shows up.
+      - Views, materialized views and foreign tables also satisfy the check.
+    type: list
+    elements: str
+    default: []
+  count:
+    description:
+      - How rows are counted.
+      - V(exact) runs C(count(*)) on every table.
+      - V(estimate) reads the planner statistics (C(pg_class.reltuples)); instant,
+        but only as fresh as the last C(ANALYZE).
+      - V(auto) counts exactly unless the estimate exceeds O(exact_max_rows).
+      - A table that was never analyzed has no estimate and is always counted exactly.
+      - Each table reports the method used.
+    type: str
+    choices: [exact, estimate, auto]
+    default: exact
+  exact_max_rows:
+    description: With O(count=auto), tables estimated above this many rows use the estimate.
+    type: int
+    default: 10000000
+  checksum_tables:
+    description:
+      - Tables whose content checksum to compute, named like O(expected_tables).
+      - The checksum is the row count and an order-independent sum of
+        C(hashtext()) of every row. It detects changed content cheaply (for
+        example before and after an operation on the same server); it is not
+        cryptographic and is only comparable between servers of the same major version.
+      - It reads the whole table.
+    type: list
+    elements: str
+    default: []
+  env_file:
+    description:
+      - Path, on the host the module runs on, of the application's env file
+        (C(KEY=VALUE) lines, optional C(export) prefix, single or double quotes, C(#) comments).
+      - Keys whose name contains C(PASS) (C(PASSWORD), C(PASSWD)...), C(PWD), C(SECRET),
+        C(TOKEN), C(KEY), C(CREDENTIAL) or C(PRIVATE) are reported by name only
+        (RV(env_secret_keys)), never their value; a password inside a URL value is masked.
+    type: path
+  env_db_key:
+    description: Key of O(env_file) that names the application's database.
+    type: str
+    default: DB_NAME
+  data_tables:
+    description:
+      - Tables whose rows mean "this database holds the application's data",
+        named like O(expected_tables).
+      - Empty means any table with rows, except the migrations table and tables
+        that belong to an extension.
+    type: list
+    elements: str
+    default: []
+  migrations_table:
+    description: Table tracking applied migrations, named like O(expected_tables).
+    type: str
+    default: _migrations
+  parallel:
+    description: How many databases are inspected at the same time (one connection each).
+    type: int
+    default: 4
+notes:
+  - Supports check mode; nothing is ever written.
+  - The role needs C(CONNECT) on each inspected database and C(SELECT) on its tables;
+    a superuser or the owner of the databases is simplest.
+seealso:
+  - module: qadhya.dbops.db_rename
+"""
+
+EXAMPLES = r"""
+- name: Find where the data lives and what the app is configured for
+  qadhya.dbops.db_info:
+    db_container: qadhya-postgres
+    login_user: moncabinet
+    login_password: "{{ vault_db_password }}"
+    env_file: /opt/moncabinet/.env
+    expected_tables: [user_validation_stats]
+    data_tables: [knowledge_base]
+  register: dbinfo
+
+- name: Stop when the app does not point at the data
+  ansible.builtin.assert:
+    that: not dbinfo.mismatch
+    fail_msg: "{{ dbinfo.summary }}"
+
+- name: Fingerprint two tables before an operation, with estimated counts elsewhere
+  qadhya.dbops.db_info:
+    login_host: 10.0.0.5
+    login_user: postgres
+    login_password: "{{ vault_db_password }}"
+    databases: [qadhya]
+    count: auto
+    exact_max_rows: 5000000
+    checksum_tables: [knowledge_base, audit.events]
+  register: before
+"""
+
+RETURN = r"""
+server_version:
+  description: Version of the PostgreSQL server.
+  returned: always
+  type: str
+  sample: "15.10 (Debian 15.10-0+deb12u1)"
+databases:
+  description: Inventory of each inspected database, keyed by name.
+  returned: always
+  type: dict
+  contains:
+    owner:
+      description: Owner role.
+      type: str
+    encoding:
+      description: Character encoding.
+      type: str
+    collate:
+      description: C(LC_COLLATE) of the database.
+      type: str
+    size_bytes:
+      description: Size on disk (null without C(CONNECT) privilege).
+      type: int
+    connections:
+      description: Sessions connected to it when the inventory started.
+      type: int
+    allow_connections:
+      description: Whether it accepts connections.
+      type: bool
+    tables:
+      description:
+        - Row count per table, keyed by bare name in schema C(public) and
+          C(schema.table) elsewhere; C(method) is C(exact) or C(estimate).
+        - Tables belonging to an extension carry C(extension=true).
+      type: dict
+      sample: {"knowledge_base": {"rows": 580, "method": "exact"}}
+    total_rows:
+      description: Sum of the rows of all tables.
+      type: int
+    has_data:
+      description: Whether it holds the application's data (see O(data_tables)).
+      type: bool
+    missing_tables:
+      description: Entries of O(expected_tables) that do not exist.
+      type: list
+      elements: str
+    migrations:
+      description:
+        - The migrations table. C(table_exists), C(count) and C(rows) (every
+          column of up to 1000 rows, as dicts, ordered by the first column).
+      type: dict
+      sample: {"table_exists": true, "count": 0, "rows": []}
+    checksums:
+      description:
+        - Per O(checksum_tables) entry, C(rows) and C(checksum) (C(rows:hashsum));
+          a table that does not exist has C(missing=true) and null values.
+      type: dict
+      sample: {"knowledge_base": {"rows": 580, "checksum": "580:-1234567890"}}
+    elapsed_ms:
+      description: Time spent inspecting this database.
+      type: int
+  sample:
+    moncabinet:
+      owner: moncabinet
+      encoding: UTF8
+      collate: C.UTF-8
+      size_bytes: 31457280
+      connections: 0
+      allow_connections: true
+      tables: {"knowledge_base": {"rows": 580, "method": "exact"}}
+      total_rows: 580
+      has_data: true
+      missing_tables: [user_validation_stats]
+      migrations: {"table_exists": true, "count": 0, "rows": []}
+      checksums: {}
+      elapsed_ms: 41
+data_databases:
+  description: Inspected databases that hold data, sorted.
+  returned: always
+  type: list
+  elements: str
+  sample: [moncabinet]
+server_databases:
+  description: Every database on the server, templates excepted.
+  returned: always
+  type: list
+  elements: str
+  sample: [moncabinet, postgres, qadhya]
+configured_database:
+  description: Value of O(env_db_key) in O(env_file); null without an env file or key.
+  returned: always
+  type: str
+  sample: qadhya
+configured_exists:
+  description: Whether RV(configured_database) exists on the server.
+  returned: always
+  type: bool
+mismatch:
+  description: True when the configured database holds no data while another one does.
+  returned: always
+  type: bool
+summary:
+  description: One line for a person.
+  returned: always
+  type: str
+  sample: >-
+    data in 'moncabinet' (580 rows in knowledge_base, 6 in web_sources, 2 in users);
+    app configured for 'qadhya' which is empty — they disagree
+env:
+  description: Keys and values of O(env_file) that are not secrets.
+  returned: always
+  type: dict
+  sample: {"DB_NAME": "qadhya", "DB_USER": "moncabinet", "DB_HOST": "postgres", "DB_PORT": "5432"}
+env_secret_keys:
+  description: Names of the secret keys present in O(env_file); values are never returned.
+  returned: always
+  type: list
+  elements: str
+  sample: [DB_PASSWORD]
+elapsed_ms:
+  description: Wall time of the whole inventory.
+  returned: always
+  type: int
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
+    connection_argument_spec,
+    require_psycopg2,
+    resolve_host,
+)
+from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
+    MIGRATIONS_TABLE,
+    Connector,
+    InventoryError,
+    decide,
+    inspect_all,
+    list_databases,
+    read_env_file,
+    select_databases,
+    server_version,
+    split_env,
+    split_qualified,
+    table_key,
+)
+
+
+class DbInfo:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def _tables(self, option):
+        try:
+            return [split_qualified(name) for name in self.params[option]]
+        except ValueError as exc:
+            self.module.fail_json(msg="%s: %s" % (option, exc))
+
+    def run(self):
+        started = time.monotonic()
+        params = self.params
+        if params["parallel"] < 1:
+            self.module.fail_json(msg="parallel must be 1 or more")
+        options = dict(
+            count=params["count"],
+            exact_max_rows=params["exact_max_rows"],
+            expected=self._tables("expected_tables"),
+            checksum=self._tables("checksum_tables"),
+            data_tables=[table_key(*t) for t in self._tables("data_tables")],
+        )
+        try:
+            options["migrations"] = split_qualified(params["migrations_table"])
+        except ValueError as exc:
+            self.module.fail_json(msg="migrations_table: %s" % exc)
+
+        env = {}
+        configured = None
+        if params["env_file"]:
+            env = read_env_file(params["env_file"])
+            configured = env.get(params["env_db_key"]) or None
+        public_env, secret_keys = split_env(env)
+
+        require_psycopg2(self.module)
+        connector = Connector(params, resolve_host(self.module))
+        conn = connector.open(params["maintenance_db"])
+        try:
+            with conn.cursor() as cur:
+                version = server_version(cur)
+                server = list_databases(cur)
+        finally:
+            conn.close()
+
+        names = select_databases(server, params["databases"])
+        extra = server.get(configured) if configured and configured not in names else None
+        if extra and extra["allow_connections"]:
+            names.append(configured)
+
+        inventory = inspect_all(connector, names, options, params["parallel"])
+        databases = {}
+        for name in names:
+            info = dict(server[name])
+            info.pop("is_template", None)
+            info.update(inventory[name])
+            databases[name] = info
+
+        server_names = sorted(n for n, i in server.items() if not i["is_template"])
+        verdict = decide(databases, configured, server_names, env_given=bool(params["env_file"]))
+        return dict(
+            changed=False,
+            server_version=version,
+            databases=databases,
+            server_databases=server_names,
+            configured_database=configured,
+            env=public_env,
+            env_secret_keys=secret_keys,
+            elapsed_ms=int((time.monotonic() - started) * 1000),
+            **verdict
+        )
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        databases=dict(type="list", elements="str", default=[]),
+        expected_tables=dict(type="list", elements="str", default=[]),
+        count=dict(type="str", choices=["exact", "estimate", "auto"], default="exact"),
+        exact_max_rows=dict(type="int", default=10000000),
+        checksum_tables=dict(type="list", elements="str", default=[]),
+        env_file=dict(type="path"),
+        env_db_key=dict(type="str", default="DB_NAME"),
+        data_tables=dict(type="list", elements="str", default=[]),
+        migrations_table=dict(type="str", default=MIGRATIONS_TABLE),
+        parallel=dict(type="int", default=4),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = DbInfo(module).run()
+    except InventoryError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
