@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Write the SQL of the lab's `moncabinet` database to stdout.
 
 Deterministic (fixed seed) and stdlib-only: the same file always gives the same

@@ -27,6 +27,7 @@ init_cluster() {
     pwfile=$(mktemp)
     printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
     initdb --username="$POSTGRES_USER" --pwfile="$pwfile" \
+        --auth-local=trust --auth-host=scram-sha-256 \
         --encoding=UTF8 --locale=C.UTF-8 -D "$PGDATA" >/dev/null
     rm -f "$pwfile"
     cat > "$PGDATA/pg_hba.conf" <<'HBA'
@@ -45,8 +46,8 @@ run_init_scripts() {
     # Unix socket only: nobody (not even the healthcheck) sees a half-initialised server.
     pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
     if [ "$POSTGRES_DB" != "postgres" ]; then
-        psql_init --dbname postgres --set db="$POSTGRES_DB" \
-            -c 'CREATE DATABASE :"db"' >/dev/null
+        # Via stdin: psql -c does not interpolate :"db" (quoted identifier).
+        echo 'CREATE DATABASE :"db"' | psql_init --dbname postgres --set db="$POSTGRES_DB" >/dev/null
     fi
     local f
     for f in /docker-entrypoint-initdb.d/*; do
