@@ -282,7 +282,10 @@ def decide(databases, configured, server_databases, env_given=True):
         text += " — they disagree" if mismatch else (" — they agree" if configured_has_data else "")
     if len(data_databases) > 1:
         text += "; more than one database holds data"
-    for name in sorted(databases):
+    # Missing tables matter where the app's data is or where it points;
+    # the maintenance database lacking them is not news.
+    relevant = set(data_databases) | ({configured} if configured in databases else set())
+    for name in sorted(relevant):
         missing = databases[name].get("missing_tables") or []
         if missing:
             text += "; missing in '%s': %s" % (name, ", ".join(missing))

@@ -1,0 +1,282 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Rename a database from the maintenance database (private).
+
+The switch runs inside the application's downtime window, so it is one
+short sequence of statements on one autocommit connection:
+
+1. block new connections to the source (and to the empty target to drop),
+2. signal every remaining backend at once, then poll until they are gone,
+3. drop the empty target, rename, allow connections again.
+
+Any failure after step 1 allows connections again before reporting.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
+    ident,
+    psycopg2,
+    sql,
+    validate_identifier,
+)
+
+DB_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
+POLL_INTERVAL = 0.02
+
+FIND_DATABASES = (
+    "SELECT datname, datallowconn FROM pg_catalog.pg_database WHERE datname = ANY(%s)"
+)
+SIGNAL_SESSIONS = (
+    "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+    " WHERE datname = ANY(%s) AND pid <> pg_catalog.pg_backend_pid()"
+)
+LIST_SESSIONS = (
+    "SELECT pid, coalesce(application_name, ''), coalesce(usename::text, ''), datname"
+    " FROM pg_catalog.pg_stat_activity"
+    " WHERE datname = ANY(%s) AND pid <> pg_catalog.pg_backend_pid() ORDER BY pid"
+)
+SIGNAL_PIDS = "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid"
+
+
+class RenameError(Exception):
+    """A refusal or failure; the message is one clear line, safe to show."""
+
+
+def validate_names(name, target, maintenance_db):
+    for option, value in (("name", name), ("target", target)):
+        try:
+            validate_identifier(value, "%s (database name)" % option)
+        except ValueError as exc:
+            raise RenameError(str(exc)) from None
+    if name == target:
+        raise RenameError("name and target are both '%s'; give two different database names" % name)
+    for option, value in (("name", name), ("target", target)):
+        if value == maintenance_db:
+            raise RenameError(
+                "%s '%s' is the maintenance database this module connects to, and the current "
+                "database cannot be renamed or dropped; set maintenance_db to another database "
+                "(for example postgres or template1)" % (option, value)
+            )
+
+
+def describe_rows(tables, limit=3):
+    """'580 rows in knowledge_base, 6 in web_sources' for the fullest tables."""
+    ranked = sorted(
+        ((info["rows"], key) for key, info in tables.items() if (info.get("rows") or 0) > 0),
+        key=lambda item: (-item[0], item[1]),
+    )
+    if not ranked:
+        return "no rows"
+    parts = ["%d rows in %s" % ranked[0]] + ["%d in %s" % item for item in ranked[1:limit]]
+    if len(ranked) > limit:
+        parts.append("%d more table(s)" % (len(ranked) - limit))
+    return ", ".join(parts)
+
+
+def rows_in(tables):
+    """Tables holding rows; tables owned by an extension do not count."""
+    return {
+        key: info
+        for key, info in tables.items()
+        if (info.get("rows") or 0) > 0 and not info.get("extension")
+    }
+
+
+class Renamer:
+    """Plans and runs one rename through `cur` (autocommit, maintenance db).
+
+    `count_tables(dbname)` returns {table: {rows, ...}} counted exactly.
+    `clock` and `sleep` are injectable so the polling can be tested.
+    """
+
+    def __init__(self, cur, count_tables, check_mode=False, terminate_timeout=10.0,
+                 clock=time.monotonic, sleep=time.sleep):
+        self.cur = cur
+        self.count_tables = count_tables
+        self.check_mode = check_mode
+        self.terminate_timeout = float(terminate_timeout)
+        self.clock = clock
+        self.sleep = sleep
+        self.actions = []
+        self.signalled = set()
+
+    # -- reading -----------------------------------------------------------
+
+    def _existing(self, names):
+        self.cur.execute(FIND_DATABASES, (list(names),))
+        return {row[0]: bool(row[1]) for row in self.cur.fetchall()}
+
+    def _sessions(self, dbs):
+        self.cur.execute(LIST_SESSIONS, (list(dbs),))
+        return self.cur.fetchall()
+
+    # -- writing -----------------------------------------------------------
+
+    def _allow(self, db, allow):
+        stmt = sql.SQL("ALTER DATABASE {0} WITH ALLOW_CONNECTIONS {1}").format(
+            ident(db), sql.SQL("true" if allow else "false")
+        )
+        self.cur.execute(stmt)
+
+    def _signal(self, dbs):
+        self.cur.execute(SIGNAL_SESSIONS, (list(dbs),))
+        for pid, ok in self.cur.fetchall():
+            if ok:
+                self.signalled.add(pid)
+
+    def end_sessions(self, dbs):
+        """Signal every backend of `dbs` at once, then wait until none is left."""
+        self._signal(dbs)
+        deadline = self.clock() + self.terminate_timeout
+        while True:
+            left = self._sessions(dbs)
+            if not left:
+                return
+            fresh = [row[0] for row in left if row[0] not in self.signalled]
+            if fresh:
+                self.cur.execute(SIGNAL_PIDS, (fresh,))
+                for pid, ok in self.cur.fetchall():
+                    if ok:
+                        self.signalled.add(pid)
+            if self.clock() >= deadline:
+                shown = ", ".join(
+                    "pid %s (application '%s', user '%s', database '%s')" % tuple(row[:4])
+                    for row in left[:5]
+                )
+                more = "" if len(left) <= 5 else " and %d more" % (len(left) - 5)
+                raise RenameError(
+                    "%d session(s) still connected after %gs: %s%s; end them or raise "
+                    "terminate_timeout (the role needs superuser or pg_signal_backend)"
+                    % (len(left), self.terminate_timeout, shown, more)
+                )
+            self.sleep(POLL_INTERVAL)
+
+    def _in_use_retry(self, stmt, dbs):
+        """Run `stmt`; if a session slipped in meanwhile, end it and retry once."""
+        try:
+            self.cur.execute(stmt)
+        except DB_ERRORS as exc:
+            if getattr(exc, "pgcode", None) != "55006":  # object_in_use
+                raise
+            self.end_sessions(dbs)
+            self.cur.execute(stmt)
+
+    # -- the whole operation -------------------------------------------------
+
+    def run(self, name, target, maintenance_db, drop_empty_target=False):
+        validate_names(name, target, maintenance_db)
+        result = dict(
+            changed=False,
+            renamed=False,
+            dropped_target=False,
+            terminated=0,
+            would_rename=False,
+            would_drop=False,
+            would_terminate=0,
+            actions=self.actions,
+            blocked_ms=0,
+        )
+        existing = self._existing([name, target])
+
+        if name not in existing:
+            if target not in existing:
+                raise RenameError(
+                    "neither '%s' nor '%s' exists on the server; check name and target" % (name, target)
+                )
+            if existing[target]:
+                self.actions.append("'%s' is already named '%s'; nothing to do" % (name, target))
+                return result
+            # An interrupted run renamed but left connections blocked.
+            result["changed"] = True
+            if self.check_mode:
+                self.actions.append("would allow connections to '%s' again" % target)
+            else:
+                self._allow(target, True)
+                self.actions.append("allowed connections to '%s' again" % target)
+            return result
+
+        drop = False
+        if target in existing:
+            tables = rows_in(self.count_tables(target))
+            if tables:
+                raise RenameError(
+                    "target database '%s' holds data (%s); consolidation refused — nothing was changed"
+                    % (target, describe_rows(tables))
+                )
+            if not drop_empty_target:
+                raise RenameError(
+                    "target database '%s' exists (empty); set drop_empty_target: true to drop it "
+                    "first — nothing was changed" % target
+                )
+            drop = True
+
+        dbs = [name] + ([target] if drop else [])
+        result.update(changed=True, would_rename=True, would_drop=drop)
+        if self.check_mode:
+            result["would_terminate"] = len(self._sessions(dbs))
+            if drop:
+                self.actions.append("would drop the empty database '%s'" % target)
+            self.actions.append(
+                "would end %d session(s) and rename '%s' to '%s'"
+                % (result["would_terminate"], name, target)
+            )
+            return result
+
+        blocked = []
+        started = self.clock()
+        try:
+            for db in dbs:
+                self._allow(db, False)
+                blocked.append(db)
+            self.actions.append("blocked new connections to %s" % ", ".join("'%s'" % d for d in dbs))
+            self.end_sessions(dbs)
+            result["terminated"] = len(self.signalled)
+            self.actions.append("ended %d session(s)" % len(self.signalled))
+            if drop:
+                self._in_use_retry(sql.SQL("DROP DATABASE {0}").format(ident(target)), dbs)
+                blocked.remove(target)
+                result["dropped_target"] = True
+                self.actions.append("dropped the empty database '%s'" % target)
+            self._in_use_retry(
+                sql.SQL("ALTER DATABASE {0} RENAME TO {1}").format(ident(name), ident(target)), [name]
+            )
+            blocked = [target]
+            result["renamed"] = True
+            self.actions.append("renamed '%s' to '%s'" % (name, target))
+            self._allow(target, True)
+            blocked = []
+            self.actions.append("allowed connections to '%s'" % target)
+        except (RenameError,) + DB_ERRORS as exc:
+            result["terminated"] = len(self.signalled)
+            restored = self._restore(blocked)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            done = "; ".join(self.actions) or "nothing"
+            raise RenameError(
+                "renaming '%s' to '%s' failed: %s (done: %s%s)"
+                % (name, target, reason, done, restored)
+            ) from None
+        finally:
+            result["blocked_ms"] = int((self.clock() - started) * 1000)
+        return result
+
+    def _restore(self, blocked):
+        restored = []
+        failed = []
+        for db in blocked:
+            try:
+                self._allow(db, True)
+                restored.append(db)
+            except DB_ERRORS:
+                failed.append(db)
+        text = ""
+        if restored:
+            text += "; connections allowed again on %s" % ", ".join("'%s'" % d for d in restored)
+        if failed:
+            text += (
+                "; could NOT allow connections again on %s: run ALTER DATABASE ... WITH "
+                "ALLOW_CONNECTIONS true" % ", ".join("'%s'" % d for d in failed)
+            )
+        return text

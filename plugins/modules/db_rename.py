@@ -1,0 +1,221 @@
+#!/usr/bin/python
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: db_rename
+short_description: Rename a PostgreSQL database safely, ending its sessions first
+version_added: 0.1.0
+description:
+  - Renames database O(name) to O(target) from the maintenance database, as one
+    short task meant to run while the application is stopped.
+  - Blocks new connections to the source (C(ALLOW_CONNECTIONS false)), signals
+    every remaining session at once and polls C(pg_stat_activity) until they are
+    gone, then renames and allows connections again.
+  - If O(target) already exists it must be empty (no table with rows, counted
+    exactly); it is dropped first only with O(drop_empty_target=true). A target
+    that holds data is always refused and nothing is changed.
+  - Idempotent; when O(name) is absent and O(target) exists the rename is
+    already done and nothing changes.
+  - Any failure after connections were blocked allows them again before the
+    module fails, and the message lists what was done.
+author:
+  - qadhya platform team (@qadhya)
+extends_documentation_fragment:
+  - qadhya.dbops.connection
+options:
+  name:
+    description:
+      - Current name of the database (the source). Any characters are allowed.
+      - Must differ from O(maintenance_db), since PostgreSQL cannot rename the database
+        a session is connected to.
+    type: str
+    required: true
+  target:
+    description: New name of the database.
+    type: str
+    required: true
+  drop_empty_target:
+    description:
+      - When O(target) exists and holds no rows in any table, drop it before the rename.
+      - When false, an existing O(target) makes the module fail without changing anything.
+    type: bool
+    default: false
+  terminate_timeout:
+    description:
+      - Seconds to wait for the sessions of the databases involved to end after
+        they were signalled. On timeout the module fails, names the remaining
+        sessions and allows connections again.
+    type: float
+    default: 10
+notes:
+  - Supports check mode; it reports RV(would_rename), RV(would_drop) and
+    RV(would_terminate) without writing anything.
+  - The role needs to own the databases (or be superuser), plus superuser or
+    C(pg_signal_backend) to end other sessions.
+seealso:
+  - module: qadhya.dbops.db_info
+  - name: ALTER DATABASE
+    description: PostgreSQL documentation of ALTER DATABASE.
+    link: https://www.postgresql.org/docs/current/sql-alterdatabase.html
+"""
+
+EXAMPLES = r"""
+- name: Consolidate onto qadhya (the empty qadhya is dropped first)
+  qadhya.dbops.db_rename:
+    db_container: qadhya-postgres
+    login_user: moncabinet
+    login_password: "{{ vault_db_password }}"
+    name: moncabinet
+    target: qadhya
+    drop_empty_target: true
+  register: rename
+
+- name: Plan only
+  qadhya.dbops.db_rename:
+    login_host: 10.0.0.5
+    login_password: "{{ vault_db_password }}"
+    name: moncabinet
+    target: qadhya
+  check_mode: true
+"""
+
+RETURN = r"""
+renamed:
+  description: Whether the rename happened in this run.
+  returned: always
+  type: bool
+  sample: true
+dropped_target:
+  description: Whether the empty target was dropped in this run.
+  returned: always
+  type: bool
+  sample: true
+terminated:
+  description: Number of sessions that were signalled to end.
+  returned: always
+  type: int
+  sample: 3
+would_rename:
+  description: Whether the rename is (or, in check mode, would be) needed.
+  returned: always
+  type: bool
+would_drop:
+  description: Whether dropping the empty target is (or would be) needed.
+  returned: always
+  type: bool
+would_terminate:
+  description: In check mode, the number of sessions that would be ended; else 0.
+  returned: always
+  type: int
+actions:
+  description: What was done (or would be done), in order, for a person.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "blocked new connections to 'moncabinet', 'qadhya'"
+    - "ended 1 session(s)"
+    - "dropped the empty database 'qadhya'"
+    - "renamed 'moncabinet' to 'qadhya'"
+    - "allowed connections to 'qadhya'"
+blocked_ms:
+  description: How long connections were blocked (from blocking to allowing again).
+  returned: always
+  type: int
+  sample: 85
+elapsed_ms:
+  description: Wall time of the whole module, checks included.
+  returned: always
+  type: int
+  sample: 140
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
+    connection_argument_spec,
+    require_psycopg2,
+    resolve_host,
+)
+from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
+    MIGRATIONS_TABLE,
+    DEFAULT_SCHEMA,
+    Connector,
+    InventoryError,
+    inspect_database,
+)
+from ansible_collections.qadhya.dbops.plugins.module_utils._rename import (
+    DB_ERRORS,
+    RenameError,
+    Renamer,
+)
+
+
+class DbRename:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.connector = None
+
+    def count_tables(self, dbname):
+        """Exact row counts of every table of `dbname` (one snapshot)."""
+        conn = self.connector.open(dbname)
+        options = dict(
+            count="exact", exact_max_rows=0, expected=[], checksum=[], data_tables=[],
+            migrations=(DEFAULT_SCHEMA, MIGRATIONS_TABLE),
+        )
+        return inspect_database(conn, options)["tables"]
+
+    def run(self):
+        started = time.monotonic()
+        params = self.params
+        if params["terminate_timeout"] < 0:
+            self.module.fail_json(msg="terminate_timeout must be 0 or more seconds")
+        require_psycopg2(self.module)
+        self.connector = Connector(params, resolve_host(self.module))
+        conn = self.connector.open(params["maintenance_db"], autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                renamer = Renamer(
+                    cur,
+                    self.count_tables,
+                    check_mode=self.module.check_mode,
+                    terminate_timeout=params["terminate_timeout"],
+                )
+                result = renamer.run(
+                    params["name"], params["target"], params["maintenance_db"],
+                    drop_empty_target=params["drop_empty_target"],
+                )
+        finally:
+            conn.close()
+        result["elapsed_ms"] = int((time.monotonic() - started) * 1000)
+        return result
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        name=dict(type="str", required=True),
+        target=dict(type="str", required=True),
+        drop_empty_target=dict(type="bool", default=False),
+        terminate_timeout=dict(type="float", default=10.0),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = DbRename(module).run()
+    except (InventoryError, RenameError) as exc:
+        module.fail_json(msg=str(exc))
+    except DB_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        module.fail_json(msg="renaming %r to %r failed before any change: %s"
+                         % (module.params["name"], module.params["target"], first))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
