@@ -98,7 +98,8 @@ class Statement:
 
     def words(self, count):
         """Upper-cased values of the first `count` tokens (None for non-words)."""
-        return [t.upper for t in self.tokens[:count]]
+        words = [t.upper for t in self.tokens[:count]]
+        return words + [None] * (count - len(words))
 
 
 def _skip_block_comment(text, i):
