@@ -1,0 +1,890 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Stop, start, restart or recreate the app container (private).
+
+A deliberately small Docker Engine API client (HTTP over the engine's unix
+socket with the standard library only: no Docker SDK on the Docker host),
+and the logic of the ``app_container`` module:
+
+* decide whether the container's running process sees the wanted env
+  values (env file bind-mounted into the container, or env fixed in
+  ``Config.Env`` at creation);
+* restart it, or recreate it with its exact configuration and only env
+  values changed, keeping the previous container until the new one is
+  healthy;
+* wait for Docker's health status and an HTTP 200 from the health URL;
+* prove the result: effective env, and ``docker inspect`` before/after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import io
+import json
+import os
+import re
+import socket
+import struct
+import tarfile
+import time
+from datetime import datetime, timezone
+from urllib.parse import quote, urlencode, urlsplit
+
+from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# The newest API version this client is written for; older engines are
+# talked to at their own version. 1.41 = Docker 20.10 (one network at create).
+CLIENT_API_VERSION = (1, 41)
+PREVIOUS_SUFFIX = ".dbops-previous"
+POLL_INTERVAL = 0.05
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# inspect paths that may differ between a container and its recreation
+ALLOWED_DIFF = ("Id", "Created", "Config.Env")
+
+
+class DockerAPIError(Exception):
+    """The Docker engine could not be reached or refused a request."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class ContainerError(Exception):
+    """The module must fail; ``str(exc)`` is the one-line reason."""
+
+    def __init__(self, message, **details):
+        super().__init__(message)
+        self.details = details
+
+
+# --------------------------------------------------------------------------
+# Docker Engine API over HTTP
+# --------------------------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTPConnection whose transport is a unix domain socket."""
+
+    def __init__(self, socket_path, timeout=60):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def parse_docker_host(value):
+    """Return ("unix", path) or ("tcp", host, port) for a DOCKER_HOST value."""
+    value = (value or "").strip() or DEFAULT_DOCKER_HOST
+    if value.startswith("unix://"):
+        path = value[len("unix://"):]
+        if not path.startswith("/"):
+            raise DockerAPIError("docker_host %r: a unix socket path must be absolute (unix:///path)" % value)
+        return ("unix", path)
+    if value.startswith(("tcp://", "http://")):
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise DockerAPIError("docker_host %r has no host name" % value)
+        return ("tcp", parts.hostname, parts.port or 2375)
+    raise DockerAPIError(
+        "docker_host %r is not supported: use unix:///path/to/docker.sock (or tcp://host:port "
+        "without TLS); run the module on the Docker host" % value
+    )
+
+
+def demux_stream(data):
+    """Split Docker's multiplexed stdout/stderr stream (non-TTY) into two strings."""
+    out, err = [], []
+    pos = 0
+    while pos + 8 <= len(data):
+        kind, size = struct.unpack(">BxxxL", data[pos:pos + 8])
+        if kind not in (0, 1, 2):
+            # not a multiplexed stream (TTY container): everything is output
+            return data.decode("utf-8", "replace"), ""
+        chunk = data[pos + 8:pos + 8 + size]
+        (err if kind == 2 else out).append(chunk)
+        pos += 8 + size
+    if pos < len(data) and not out and not err:
+        return data.decode("utf-8", "replace"), ""
+    return b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace")
+
+
+class DockerAPI:
+    """The handful of Engine API calls the module needs."""
+
+    def __init__(self, docker_host=None, timeout=60):
+        self.docker_host = (docker_host or "").strip() or DEFAULT_DOCKER_HOST
+        self.target = parse_docker_host(self.docker_host)
+        self.timeout = timeout
+        self._prefix = None
+
+    def _connection(self, timeout):
+        if self.target[0] == "unix":
+            return UnixHTTPConnection(self.target[1], timeout=timeout)
+        return http.client.HTTPConnection(self.target[1], self.target[2], timeout=timeout)
+
+    def _raw(self, method, path, query=None, body=None, timeout=None):
+        if query:
+            path = "%s?%s" % (path, urlencode(query))
+        headers = {"Host": "docker"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        conn = self._connection(timeout or self.timeout)
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, data
+        except (OSError, http.client.HTTPException) as exc:
+            raise DockerAPIError(
+                "cannot talk to the Docker engine at %s (%s: %s); check that dockerd runs and "
+                "that this user may use its socket (or set DOCKER_HOST)"
+                % (self.docker_host, type(exc).__name__, exc)
+            ) from None
+        finally:
+            conn.close()
+
+    @property
+    def prefix(self):
+        if self._prefix is None:
+            status, data = self._raw("GET", "/version")
+            version = CLIENT_API_VERSION
+            if status == 200:
+                try:
+                    server = tuple(int(p) for p in json.loads(data)["ApiVersion"].split("."))
+                    version = min(server, CLIENT_API_VERSION)
+                except (ValueError, KeyError, TypeError):
+                    pass
+            self._prefix = "/v%d.%d" % version
+        return self._prefix
+
+    def call(self, method, path, query=None, body=None, ok=(200, 201, 204, 304), timeout=None):
+        status, data = self._raw(method, self.prefix + path, query=query, body=body, timeout=timeout)
+        if status not in ok:
+            message = data.decode("utf-8", "replace").strip()
+            with contextlib.suppress(ValueError, AttributeError):
+                message = json.loads(message).get("message", message)
+            raise DockerAPIError("%s %s: HTTP %d: %s" % (method, path.split("?")[0], status, message), status)
+        return status, data
+
+    def json(self, method, path, **kwargs):
+        _status, data = self.call(method, path, **kwargs)
+        return json.loads(data) if data.strip() else None
+
+    # -- containers ---------------------------------------------------
+    def inspect(self, name):
+        """Container inspect dict, or None when it does not exist."""
+        try:
+            return self.json("GET", "/containers/%s/json" % quote(name, safe=""))
+        except DockerAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def start(self, cid):
+        self.call("POST", "/containers/%s/start" % cid)
+
+    def stop(self, cid, timeout):
+        self.call("POST", "/containers/%s/stop" % cid, query={"t": int(timeout)},
+                  timeout=self.timeout + timeout)
+
+    def restart(self, cid, timeout):
+        self.call("POST", "/containers/%s/restart" % cid, query={"t": int(timeout)},
+                  timeout=self.timeout + timeout)
+
+    def rename(self, cid, new_name):
+        self.call("POST", "/containers/%s/rename" % cid, query={"name": new_name})
+
+    def remove(self, cid, force=False):
+        # v=0: never delete volumes, named or anonymous
+        self.call("DELETE", "/containers/%s" % cid, query={"force": int(bool(force)), "v": 0})
+
+    def create(self, name, body):
+        result = self.json("POST", "/containers/create", query={"name": name}, body=body)
+        return result["Id"], result.get("Warnings") or []
+
+    def connect_network(self, network, cid, endpoint):
+        self.call("POST", "/networks/%s/connect" % quote(network, safe=""),
+                  body={"Container": cid, "EndpointConfig": endpoint})
+
+    def image(self, ref):
+        try:
+            return self.json("GET", "/images/%s/json" % quote(ref, safe=""))
+        except DockerAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def logs(self, cid, tail=5):
+        _status, data = self.call("GET", "/containers/%s/logs" % cid,
+                                  query={"stdout": 1, "stderr": 1, "tail": tail})
+        out, err = demux_stream(data)
+        return (out + err).strip()
+
+    def exec_run(self, cid, argv, timeout=30):
+        """Run argv in a running container; return (exit code, stdout, stderr)."""
+        created = self.json("POST", "/containers/%s/exec" % cid,
+                            body={"AttachStdout": True, "AttachStderr": True, "Cmd": list(argv)})
+        exec_id = created["Id"]
+        _status, data = self.call("POST", "/exec/%s/start" % exec_id,
+                                  body={"Detach": False, "Tty": False}, timeout=timeout)
+        out, err = demux_stream(data)
+        info = self.json("GET", "/exec/%s/json" % exec_id)
+        return info.get("ExitCode"), out, err
+
+    def read_file(self, cid, path):
+        """Read one file from the container's filesystem (mounts included)."""
+        _status, data = self.call("GET", "/containers/%s/archive" % cid, query={"path": path})
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    return tar.extractfile(member).read().decode("utf-8", "replace")
+        raise DockerAPIError("%s in the container is not a regular file" % path)
+
+
+# --------------------------------------------------------------------------
+# Pure helpers (unit tested without Docker)
+# --------------------------------------------------------------------------
+
+
+def env_list_to_dict(env_list):
+    result = {}
+    for item in env_list or []:
+        key, sep, value = item.partition("=")
+        result[key] = value if sep else None
+    return result
+
+
+def merge_env(env_list, wanted):
+    """Config.Env with the wanted values replaced in place or appended."""
+    env_list = list(env_list or [])
+    seen = set()
+    out = []
+    for item in env_list:
+        key = item.partition("=")[0]
+        if key in wanted:
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append("%s=%s" % (key, wanted[key]))
+        else:
+            out.append(item)
+    for key, value in wanted.items():
+        if key not in seen:
+            out.append("%s=%s" % (key, value))
+    return out
+
+
+def env_mismatches(actual, wanted):
+    """Keys of ``wanted`` whose value differs in ``actual`` (a dict)."""
+    return [key for key, value in wanted.items() if actual.get(key) != value]
+
+
+def describe_mismatch(actual, wanted, keys):
+    parts = []
+    for key in keys:
+        have = actual.get(key)
+        parts.append("%s=%s (wanted %s)" % (
+            key,
+            "<unset>" if have is None else envfile.mask_value(key, have),
+            envfile.mask_value(key, wanted[key]),
+        ))
+    return ", ".join(parts)
+
+
+def masked(env):
+    return {key: envfile.mask_value(key, value) for key, value in env.items()}
+
+
+def env_file_mount(info, env_file):
+    """Container path of ``env_file`` when a bind mount covers it, else None."""
+    if not env_file:
+        return None
+    candidates = {os.path.normpath(env_file), os.path.realpath(env_file)}
+    best = None
+    for mount in info.get("Mounts") or []:
+        if mount.get("Type") != "bind":
+            continue
+        source = os.path.normpath(mount.get("Source") or "")
+        dest = mount.get("Destination") or ""
+        for path in candidates:
+            if path == source:
+                rel = ""
+            elif path.startswith(source.rstrip("/") + "/"):
+                rel = path[len(source.rstrip("/")) + 1:]
+            else:
+                continue
+            # the most specific (longest) mount wins, as in the container
+            if best is None or len(source) > best[0]:
+                best = (len(source), dest.rstrip("/") + "/" + rel if rel else dest)
+    return best[1] if best else None
+
+
+def short_id(cid):
+    return (cid or "")[:12]
+
+
+def is_auto_hostname(info):
+    hostname = (info.get("Config") or {}).get("Hostname") or ""
+    return hostname == short_id(info.get("Id"))
+
+
+def anonymous_volumes(info):
+    """Anonymous volumes of the container: (name, destination) pairs."""
+    host_config = info.get("HostConfig") or {}
+    named = set()
+    for bind in host_config.get("Binds") or []:
+        named.add(bind.split(":", 1)[0])
+    for mount in host_config.get("Mounts") or []:
+        if mount.get("Source"):
+            named.add(mount["Source"])
+    result = []
+    for mount in info.get("Mounts") or []:
+        name = mount.get("Name") or ""
+        if mount.get("Type") == "volume" and HEX64_RE.match(name) and name not in named:
+            result.append((name, mount.get("Destination")))
+    return result
+
+
+def primary_network(info):
+    mode = (info.get("HostConfig") or {}).get("NetworkMode") or "default"
+    return "bridge" if mode == "default" else mode
+
+
+def _endpoint_config(endpoint, cid):
+    aliases = [a for a in (endpoint.get("Aliases") or []) if a != short_id(cid)]
+    config = {}
+    if endpoint.get("IPAMConfig"):
+        config["IPAMConfig"] = endpoint["IPAMConfig"]
+    if endpoint.get("Links"):
+        config["Links"] = endpoint["Links"]
+    if aliases:
+        config["Aliases"] = aliases
+    if endpoint.get("DriverOpts"):
+        config["DriverOpts"] = endpoint["DriverOpts"]
+    return config
+
+
+def _create_links(links, own_name):
+    """HostConfig.Links as inspect shows them ("/db:/app/db") → create form ("db:db")."""
+    out = []
+    for link in links or []:
+        src, _sep, alias = link.partition(":")
+        src = src.lstrip("/")
+        prefix = "/" + own_name.lstrip("/") + "/"
+        if alias.startswith(prefix):
+            alias = alias[len(prefix):]
+        out.append("%s:%s" % (src, alias.lstrip("/") or src))
+    return out
+
+
+def build_create_body(info, wanted_env):
+    """Body of POST /containers/create reproducing ``info`` with new env values.
+
+    Returns (body, extra_networks) where extra_networks maps the other
+    networks' names to the EndpointConfig to connect after creation (the
+    1.41 API takes a single network at create).
+    """
+    config = copy.deepcopy(info.get("Config") or {})
+    host_config = copy.deepcopy(info.get("HostConfig") or {})
+    body = config
+    body["Env"] = merge_env(config.get("Env"), wanted_env)
+    if is_auto_hostname(info):
+        # generated from the old id: let Docker generate the new one
+        body.pop("Hostname", None)
+    if host_config.get("Links"):
+        host_config["Links"] = _create_links(host_config["Links"], info.get("Name") or "")
+    body["HostConfig"] = host_config
+    networks = ((info.get("NetworkSettings") or {}).get("Networks")) or {}
+    primary = primary_network(info)
+    extra = {}
+    if primary in networks and not primary.startswith("container:") and primary not in ("host", "none"):
+        body["NetworkingConfig"] = {
+            "EndpointsConfig": {primary: _endpoint_config(networks[primary], info.get("Id"))}
+        }
+    for name, endpoint in sorted(networks.items()):
+        if name != primary:
+            extra[name] = _endpoint_config(endpoint, info.get("Id"))
+    return body, extra
+
+
+_RUNTIME_TOP = (
+    "State", "ResolvConfPath", "HostnamePath", "HostsPath", "LogPath", "RestartCount",
+    "GraphDriver", "SizeRw", "SizeRootFs", "ExecIDs", "NetworkSettings", "Mounts",
+)
+
+
+def normalize_inspect(info, anonymous_ok=False):
+    """The part of ``docker inspect`` that is configuration, in comparable form."""
+    doc = {key: copy.deepcopy(value) for key, value in info.items() if key not in _RUNTIME_TOP}
+    config = doc.get("Config") or {}
+    if is_auto_hostname(info):
+        config["Hostname"] = "<auto>"
+    doc["Config"] = config
+    networks = {}
+    for name, endpoint in (((info.get("NetworkSettings") or {}).get("Networks")) or {}).items():
+        networks[name] = {
+            "NetworkID": endpoint.get("NetworkID"),
+            "Aliases": sorted(_endpoint_config(endpoint, info.get("Id")).get("Aliases") or []),
+            "IPAMConfig": endpoint.get("IPAMConfig") or None,
+            "Links": endpoint.get("Links") or None,
+            "DriverOpts": endpoint.get("DriverOpts") or None,
+        }
+    doc["Networks"] = networks
+    mounts = {}
+    for mount in info.get("Mounts") or []:
+        item = dict(mount)
+        if anonymous_ok and mount.get("Type") == "volume" and HEX64_RE.match(mount.get("Name") or ""):
+            item["Name"] = "<anonymous>"
+            item["Source"] = "<anonymous>"
+        mounts[mount.get("Destination")] = item
+    doc["Mounts"] = mounts
+    return doc
+
+
+def config_diff(old, new, path=""):
+    """Dotted paths where two normalized documents differ (lists compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        paths = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = "%s.%s" % (path, key) if path else str(key)
+            if key not in old or key not in new:
+                # a key present on one side only with an empty value is no difference
+                if (old.get(key) in (None, "", [], {}) and new.get(key) in (None, "", [], {})):
+                    continue
+                paths.append(sub)
+            else:
+                paths.extend(config_diff(old[key], new[key], sub))
+        return paths
+    if old in (None, [], {}) and new in (None, [], {}):
+        return []
+    return [] if old == new else [path]
+
+
+def inspect_diff(old_info, new_info, anonymous_ok=False):
+    """(all differing paths, the unexpected ones)."""
+    paths = config_diff(normalize_inspect(old_info, anonymous_ok), normalize_inspect(new_info, anonymous_ok))
+    unexpected = [p for p in paths if p not in ALLOWED_DIFF]
+    return paths, unexpected
+
+
+def parse_docker_time(value):
+    """Seconds since the epoch of a Docker RFC 3339 timestamp (nanoseconds allowed)."""
+    if not value or value.startswith("0001-"):
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value)
+    if not match:
+        return None
+    base = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    tz = match.group(3)
+    offset = 0
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        offset = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    seconds = base.replace(tzinfo=timezone.utc).timestamp() - offset  # noqa: UP017 - targets may run Python < 3.11
+    if match.group(2):
+        seconds += float("0" + match.group(2))
+    return seconds
+
+
+def health_log_tail(info):
+    health = (info.get("State") or {}).get("Health") or {}
+    log = health.get("Log") or []
+    if not log:
+        return ""
+    last = log[-1]
+    text = " ".join((last.get("Output") or "").split())
+    return "exit %s: %s" % (last.get("ExitCode"), text[-300:])
+
+
+def summarize_body(body):
+    """Only the harmless keys of a health JSON body."""
+    if not isinstance(body, dict):
+        return None
+    return {key: body[key] for key in ("status", "database", "documents") if key in body}
+
+
+# --------------------------------------------------------------------------
+# The module's logic
+# --------------------------------------------------------------------------
+
+
+class AppContainer:
+    """Plans and performs one app_container call.
+
+    ``http_get(url, timeout)`` returns (status or None, body bytes, error text);
+    it is injected so the logic can be tested without a network.
+    """
+
+    def __init__(self, params, api, http_get, check_mode=False, clock=time.monotonic, sleep=time.sleep):
+        self.params = params
+        self.api = api
+        self.http_get = http_get
+        self.check_mode = check_mode
+        self.clock = clock
+        self.sleep = sleep
+        self.name = params["name"]
+        self.wanted = {str(k): "" if v is None else str(v) for k, v in (params.get("env") or {}).items()}
+        self.result = dict(
+            changed=False, strategy="none", action="none", health_status=None, http_status=None,
+            effective_env={}, elapsed_s=None, previous_config_diff=[], container_id=None,
+            env_mode=None, health_body=None, timings={},
+        )
+
+    # -- helpers --------------------------------------------------------
+    def _mark(self, key, since):
+        self.result["timings"][key] = round(self.clock() - since, 3)
+
+    def _inspect(self, name=None):
+        info = self.api.inspect(name or self.name)
+        if info is None:
+            raise ContainerError(
+                "container %r disappeared while the module was working on it" % (name or self.name))
+        return info
+
+    def _host_env_file(self):
+        path = self.params.get("env_file")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read(), os.stat(path).st_mtime
+        except OSError as exc:
+            raise ContainerError(
+                "cannot read env_file %s on the Docker host (%s); give the path of the app's env file "
+                "as seen on the Docker host" % (path, exc.strerror or exc)
+            ) from None
+
+    def _check_previous_leftover(self):
+        previous = self.api.inspect(self.name + PREVIOUS_SUFFIX)
+        if previous is not None:
+            raise ContainerError(
+                "container %s%s exists, left by an interrupted recreate of %s; check which one you "
+                "want to keep, then 'docker rm %s%s' (or 'docker rm %s && docker rename %s%s %s') and retry"
+                % (self.name, PREVIOUS_SUFFIX, self.name, self.name, PREVIOUS_SUFFIX,
+                   self.name, self.name, PREVIOUS_SUFFIX, self.name)
+            )
+
+    def _missing(self):
+        previous = self.api.inspect(self.name + PREVIOUS_SUFFIX)
+        if previous is not None:
+            raise ContainerError(
+                "container %r does not exist but %s%s does (an interrupted recreate); put it back with "
+                "'docker rename %s%s %s' and retry" % (self.name, self.name, PREVIOUS_SUFFIX,
+                                                        self.name, PREVIOUS_SUFFIX, self.name)
+            )
+        raise ContainerError(
+            "container %r not found; this module stops and starts an existing container, create it "
+            "first (e.g. community.docker.docker_container) or fix the name" % self.name
+        )
+
+    # -- entry point ----------------------------------------------------
+    def run(self):
+        info = self.api.inspect(self.name)
+        if info is None:
+            self._missing()
+        self.result["container_id"] = info["Id"]
+        if self.params["state"] == "stopped":
+            return self._stopped(info)
+        return self._started(info)
+
+    # -- state=stopped --------------------------------------------------
+    def _stopped(self, info):
+        state = info.get("State") or {}
+        if not state.get("Running") and not state.get("Restarting"):
+            self.result["health_status"] = (state.get("Health") or {}).get("Status")
+            return self.result
+        self.result.update(changed=True, action="stopped")
+        if self.check_mode:
+            self.result["would"] = "stopped"
+            return self.result
+        begin = self.clock()
+        self.api.stop(info["Id"], self.params["stop_timeout"])
+        self.result["elapsed_s"] = round(self.clock() - begin, 3)
+        self._mark("stop", begin)
+        return self.result
+
+    # -- state=started --------------------------------------------------
+    def _plan(self, info):
+        """(env mode, mount path, does the running process see the wanted env, detail)."""
+        config_env = env_list_to_dict((info.get("Config") or {}).get("Env"))
+        mount_path = env_file_mount(info, self.params.get("env_file"))
+        state = info.get("State") or {}
+        running = bool(state.get("Running"))
+        if mount_path:
+            content, mtime = self._host_env_file()
+            file_env = envfile.parse(content)
+            bad = env_mismatches(file_env, self.wanted)
+            if bad:
+                raise ContainerError(
+                    "env_file %s (mounted at %s in %s) does not hold %s; the app reads that file, so "
+                    "update the file first (role update_env / filter env_set)"
+                    % (self.params["env_file"], mount_path, self.name,
+                       describe_mismatch(file_env, self.wanted, bad))
+                )
+            started = parse_docker_time(state.get("StartedAt"))
+            fresh = running and started is not None and mtime <= started
+            return "mounted", mount_path, fresh, config_env
+        bad = env_mismatches(config_env, self.wanted)
+        return "created", None, running and not bad, config_env
+
+    def _started(self, info):
+        mode, mount_path, env_ok, config_env = self._plan(info)
+        self.result["env_mode"] = mode
+        state = info.get("State") or {}
+        running = bool(state.get("Running")) or bool(state.get("Restarting"))
+        strategy = self.params["strategy"]
+        config_bad = env_mismatches(config_env, self.wanted)
+
+        if running and env_ok:
+            # Already right: only prove it (health + effective env), change nothing.
+            self._wait_ready(info, self.clock())
+            self._verify_env(self._inspect(), mode, mount_path)
+            return self.result
+
+        if strategy == "auto":
+            chosen = "restart" if (mode == "mounted" or not config_bad) else "recreate"
+        else:
+            chosen = strategy
+        if chosen == "restart" and mode == "created" and config_bad:
+            raise ContainerError(
+                "strategy=restart cannot give %s %s: it took its env at creation (Config.Env) and "
+                "env_file is not bind-mounted into it, so a restart keeps the old values; use "
+                "strategy=recreate or auto"
+                % (self.name, describe_mismatch(config_env, self.wanted, config_bad))
+            )
+        if chosen == "recreate":
+            self._refuse_unsafe_recreate(info)
+        self.result["strategy"] = chosen
+        self.result["changed"] = True
+        action = "recreated" if chosen == "recreate" else ("restarted" if running else "started")
+        self.result["action"] = action
+        if self.check_mode:
+            self.result["would"] = action
+            self.result["effective_env"] = masked(
+                {key: config_env.get(key) for key in self.wanted}) if mode == "created" else {}
+            return self.result
+        if chosen == "recreate":
+            return self._recreate(info, running, mode, mount_path)
+        begin = self.clock()
+        if running:
+            self.api.restart(info["Id"], self.params["stop_timeout"])
+            self._mark("restart", begin)
+        else:
+            self.api.start(info["Id"])
+            self._mark("start", begin)
+        self._wait_ready(self._inspect(), begin)
+        self._verify_env(self._inspect(), mode, mount_path)
+        self.result["elapsed_s"] = round(self.clock() - begin, 3)
+        return self.result
+
+    def _refuse_unsafe_recreate(self, info):
+        anonymous = anonymous_volumes(info)
+        if anonymous and not self.params.get("allow_anonymous_volumes"):
+            raise ContainerError(
+                "refusing to recreate %s: it keeps data in anonymous volume(s) %s that a new container "
+                "would not get back; give them names (or bind mounts), or set allow_anonymous_volumes=true "
+                "if their content is disposable" % (
+                    self.name, ", ".join("%s at %s" % (name[:12], dest) for name, dest in anonymous))
+            )
+        self._check_previous_leftover()
+        config = info.get("Config") or {}
+        image_ref = config.get("Image") or ""
+        image = self.api.image(image_ref) if image_ref else None
+        if image is None or image.get("Id") != info.get("Image"):
+            running_id = (info.get("Image") or "").split(":")[-1][:12]
+            raise ContainerError(
+                "refusing to recreate %s: its image %r %s, so a new container would run different code; "
+                "re-tag the image it runs ('docker tag %s %s') or recreate it yourself" % (
+                    self.name, image_ref,
+                    "no longer exists" if image is None
+                    else "now points to another image than the one it runs (%s)" % running_id,
+                    running_id, image_ref)
+            )
+
+    # -- recreate ------------------------------------------------------
+    def _recreate(self, old, running, mode, mount_path):
+        body, extra = build_create_body(old, self.wanted)
+        previous_name = self.name + PREVIOUS_SUFFIX
+        begin = self.clock()
+        new_id = None
+        renamed = False
+        try:
+            if running:
+                self.api.stop(old["Id"], self.params["stop_timeout"])
+                self._mark("stop", begin)
+            self.api.rename(old["Id"], previous_name)
+            renamed = True
+            new_id, warnings = self.api.create(self.name, body)
+            self.result["container_id"] = new_id
+            if warnings:
+                self.result["warnings"] = list(warnings)
+            for network, endpoint in extra.items():
+                self.api.connect_network(network, new_id, endpoint)
+            self._mark("create", begin)
+            new_info = self._inspect(new_id)
+            paths, unexpected = inspect_diff(old, new_info, self.params.get("allow_anonymous_volumes"))
+            self.result["previous_config_diff"] = paths
+            if unexpected:
+                raise ContainerError(
+                    "the recreated %s would differ from the old one in %s (only Env may change); "
+                    "nothing was started, the old container is back" % (self.name, ", ".join(unexpected))
+                )
+            self.api.start(new_id)
+            self._mark("start", begin)
+            self._wait_ready(self._inspect(new_id), begin)
+            self._verify_env(self._inspect(new_id), mode, mount_path)
+        except (ContainerError, DockerAPIError) as exc:
+            self._undo_recreate(old, new_id, renamed, exc)
+        self.result["elapsed_s"] = round(self.clock() - begin, 3)
+        try:
+            self.api.remove(old["Id"])
+        except DockerAPIError as exc:
+            self.result.setdefault("warnings", []).append(
+                "the new %s is healthy but the previous container %s could not be removed (%s); remove it "
+                "with 'docker rm %s'" % (self.name, previous_name, exc, previous_name))
+        return self.result
+
+    def _undo_recreate(self, old, new_id, renamed, exc):
+        details = dict(getattr(exc, "details", {}) or {})
+        problems = []
+        if new_id:
+            try:
+                self.api.remove(new_id, force=True)
+            except DockerAPIError as rm_exc:
+                problems.append("remove the new container %s by hand (%s)" % (short_id(new_id), rm_exc))
+        if renamed:
+            try:
+                self.api.rename(old["Id"], self.name)
+            except DockerAPIError as mv_exc:
+                problems.append("rename %s%s back to %s by hand (%s)"
+                                % (self.name, PREVIOUS_SUFFIX, self.name, mv_exc))
+        self.result["container_id"] = old["Id"]
+        if problems:
+            tail = "; rollback incomplete: " + "; ".join(problems)
+        else:
+            tail = "; the previous container is back as %s, stopped" % self.name
+        raise ContainerError("recreate of %s failed: %s%s" % (self.name, exc, tail), **details)
+
+    # -- waiting and proving -------------------------------------------
+    def _wait_ready(self, info, begin):
+        """Wait for Docker health (or running) and for HTTP 200 from health_url."""
+        deadline = self.clock() + self.params["health_timeout"]
+        url = self.params.get("health_url")
+        has_check = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test")) and \
+            ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") != ["NONE"]
+        want_health = self.params.get("wait_healthy", True) and has_check
+        healthy_at = None
+        last_code, last_error, last_body = None, "", None
+        cid = info["Id"]
+        while True:
+            state = info.get("State") or {}
+            health = (state.get("Health") or {}).get("Status")
+            self.result["health_status"] = health or (
+                "running" if state.get("Running") else state.get("Status"))
+            if not state.get("Running") and not state.get("Restarting"):
+                logs = ""
+                with contextlib.suppress(DockerAPIError):
+                    logs = " ".join(self.api.logs(cid, tail=3).split())[-300:]
+                raise ContainerError(
+                    "container %s exited with code %s before becoming ready%s; fix the app's settings "
+                    "and start it again" % (self.name, state.get("ExitCode"),
+                                             " (last log: %s)" % logs if logs else ""),
+                    health_status=self.result["health_status"])
+            docker_ok = state.get("Running") and (health == "healthy" if want_health else True)
+            if docker_ok:
+                if healthy_at is None:
+                    healthy_at = self.clock()
+                    self._mark("healthy", begin)
+                if not url:
+                    return
+                per_try = max(0.5, min(5.0, deadline - self.clock()))
+                code, raw, error = self.http_get(url, per_try)
+                last_code, last_error = code, error
+                self.result["http_status"] = code
+                if code == 200:
+                    body = None
+                    try:
+                        body = json.loads(raw.decode("utf-8")) if raw else None
+                    except (ValueError, UnicodeDecodeError):
+                        body = None
+                    self.result["health_body"] = summarize_body(body)
+                    self._mark("http_200", begin)
+                    self._check_body_database(body)
+                    return
+                last_body = raw
+            if self.clock() >= deadline:
+                break
+            self.sleep(POLL_INTERVAL)
+            info = self._inspect(cid)
+        parts = ["Docker health %s" % (self.result["health_status"] or "unknown")]
+        log_tail = health_log_tail(info)
+        if log_tail:
+            parts.append("last check %s" % log_tail)
+        if url:
+            if healthy_at is None:
+                parts.append("%s not tried (container never became ready)" % url)
+            else:
+                detail = last_error
+                if last_body:
+                    try:
+                        detail = json.dumps(summarize_body(json.loads(last_body.decode("utf-8"))) or {})
+                    except (ValueError, UnicodeDecodeError):
+                        detail = last_body[:200].decode("utf-8", "replace")
+                parts.append("%s answered %s%s" % (url, last_code if last_code else "nothing",
+                                                    " (%s)" % detail if detail else ""))
+        raise ContainerError(
+            "%s not ready after %ss: %s" % (self.name, self.params["health_timeout"], "; ".join(parts)),
+            health_status=self.result["health_status"], http_status=last_code)
+
+    def _check_body_database(self, body):
+        if ("DB_NAME" in self.wanted and isinstance(body, dict) and "database" in body
+                and body["database"] != self.wanted["DB_NAME"]):
+            raise ContainerError(
+                "%s answers 200 but reports database %r, not %r: the app did not pick up the new "
+                "DB_NAME" % (self.params["health_url"], body["database"], self.wanted["DB_NAME"]),
+                http_status=200)
+
+    def _verify_env(self, info, mode, mount_path):
+        if not self.wanted:
+            return
+        if mode == "mounted":
+            content = self._read_in_container(info["Id"], mount_path)
+            actual = envfile.parse(content)
+            where = "the env file as the container sees it (%s)" % mount_path
+        else:
+            actual = env_list_to_dict((info.get("Config") or {}).get("Env"))
+            where = "the container's Config.Env"
+        self.result["effective_env"] = masked({key: actual.get(key) for key in self.wanted})
+        bad = env_mismatches(actual, self.wanted)
+        if bad:
+            raise ContainerError(
+                "%s is running but %s has %s; the app does not use the wanted values"
+                % (self.name, where, describe_mismatch(actual, self.wanted, bad)))
+
+    def _read_in_container(self, cid, path):
+        try:
+            code, out, err = self.api.exec_run(cid, ["cat", "--", path])
+        except DockerAPIError:
+            code, out, err = None, "", ""
+        if code == 0:
+            return out
+        try:
+            # no `cat` in the image (or exec refused): read through the archive API
+            return self.api.read_file(cid, path)
+        except DockerAPIError as exc:
+            raise ContainerError(
+                "cannot read %s inside %s (exec: %s; archive: %s); check the bind mount of env_file"
+                % (path, self.name, (err or "failed").strip()[:200], exc)) from None

@@ -1,0 +1,248 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reading and rewriting ``KEY=value`` env files (private).
+
+Used by the ``app_container`` module (to read the env file the app sees)
+and by the ``env_set`` / ``env_get`` / ``env_parse`` / ``env_diff`` filters
+(to change keys without touching anything else in the file).
+
+Syntax understood, the common subset of ``docker --env-file`` and dotenv:
+
+* blank lines and lines whose first non-blank character is ``#`` are kept
+  as they are and carry no value;
+* ``KEY=value``, optionally preceded by ``export `` and surrounded by
+  blanks; only the first ``=`` separates key from value, so values may
+  contain ``=``;
+* a value wrapped in matching double or single quotes is read without the
+  quotes (anything after the closing quote, such as `` # comment``, is kept
+  but is not part of the value); an unquoted value is the rest of the line,
+  trailing blanks removed;
+* line endings (``\\n`` or ``\\r\\n``) are kept line by line.
+"""
+
+from __future__ import annotations
+
+import re
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LINE_RE = re.compile(
+    r"^(?P<lead>[ \t]*)(?P<export>export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)"
+    r"(?P<eq>[ \t]*=[ \t]*)(?P<rest>.*?)(?P<eol>\r?\n|\r)?$",
+    re.DOTALL,
+)
+# Keys whose values are never shown (diffs, reports, error messages).
+SECRET_KEY_RE = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL|(^|_)KEY$|APIKEY", re.IGNORECASE)
+MASK = "********"
+
+
+class EnvFileError(ValueError):
+    """A value cannot be written or a key is invalid; message is safe to show."""
+
+
+def is_secret_key(key):
+    return bool(SECRET_KEY_RE.search(key or ""))
+
+
+def mask_value(key, value):
+    if value is None:
+        return None
+    return MASK if is_secret_key(key) else value
+
+
+def _split_value(rest):
+    """Return (value, quote, trailer) of the text right of ``=``."""
+    stripped = rest.rstrip(" \t")
+    if stripped[:1] in ("'", '"'):
+        quote = stripped[0]
+        end = stripped.find(quote, 1)
+        if quote == '"':
+            # a backslash-escaped double quote does not close the value
+            idx = 1
+            end = -1
+            while idx < len(stripped):
+                char = stripped[idx]
+                if char == "\\":
+                    idx += 2
+                    continue
+                if char == '"':
+                    end = idx
+                    break
+                idx += 1
+        if end > 0:
+            return stripped[1:end], quote, rest[end + 1:]
+    return stripped, "", rest[len(stripped):]
+
+
+def parse_line(line):
+    """Return a dict describing one line, or None for comments/blank/other lines."""
+    match = _LINE_RE.match(line)
+    if not match:
+        return None
+    value, quote, trailer = _split_value(match.group("rest"))
+    if quote == '"':
+        value = value.replace('\\"', '"').replace("\\\\", "\\")
+    return dict(
+        key=match.group("key"),
+        value=value,
+        quote=quote,
+        trailer=trailer,
+        lead=match.group("lead"),
+        export=match.group("export") or "",
+        eq=match.group("eq"),
+        eol=match.group("eol") or "",
+    )
+
+
+def parse(content):
+    """Map every key to its value (the last occurrence wins, as in docker)."""
+    values = {}
+    for line in (content or "").splitlines(True):
+        parsed = parse_line(line)
+        if parsed is not None:
+            values[parsed["key"]] = parsed["value"]
+    return values
+
+
+def get(content, key, default=None):
+    return parse(content).get(key, default)
+
+
+def _validate(values):
+    if not isinstance(values, dict):
+        raise EnvFileError("env values must be a dict of KEY: value, got %s" % type(values).__name__)
+    clean = {}
+    for key, value in values.items():
+        key = str(key)
+        if not KEY_RE.match(key):
+            raise EnvFileError(
+                "invalid env key %r: use letters, digits and underscores, not starting with a digit" % key
+            )
+        if value is None:
+            raise EnvFileError("env key %s has no value; give a string (an empty string is allowed)" % key)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        value = str(value)
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise EnvFileError(
+                "the value of %s contains a line break or NUL byte, which an env file cannot hold" % key)
+        clean[key] = value
+    return clean
+
+
+def _render(value, quote, key):
+    if quote == "'":
+        if "'" in value:
+            raise EnvFileError(
+                "the value of %s contains a single quote but the line uses single quotes; "
+                "change the line's quoting by hand first" % key
+            )
+        return "'%s'" % value
+    if quote == '"':
+        return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
+    if value != value.strip() or "#" in value or value[:1] in ("'", '"'):
+        # unquoted, it would be read differently: quote it like dotenv does
+        return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
+    return value
+
+
+def _newline_of(lines):
+    for line in lines:
+        if line.endswith("\r\n"):
+            return "\r\n"
+        if line.endswith("\n"):
+            return "\n"
+    return "\n"
+
+
+def set_values(content, values):
+    """Return ``content`` with each key of ``values`` set.
+
+    Lines holding a key get only their value replaced (same ``export``,
+    spacing, quoting and trailer); every occurrence of a repeated key is
+    set. Keys not present are appended, in the order given, with the
+    file's line ending. Everything else is kept byte for byte, so setting
+    values a file already has returns it unchanged.
+    """
+    values = _validate(values)
+    content = content or ""
+    lines = content.splitlines(True)
+    seen = set()
+    out = []
+    for line in lines:
+        parsed = parse_line(line)
+        if parsed is None or parsed["key"] not in values:
+            out.append(line)
+            continue
+        key = parsed["key"]
+        seen.add(key)
+        if parsed["value"] == values[key]:
+            out.append(line)
+            continue
+        out.append(
+            parsed["lead"] + parsed["export"] + key + parsed["eq"]
+            + _render(values[key], parsed["quote"], key) + parsed["trailer"] + parsed["eol"]
+        )
+    missing = [key for key in values if key not in seen]
+    if missing:
+        newline = _newline_of(lines)
+        if out and not out[-1].endswith(("\n", "\r")):
+            out[-1] = out[-1] + newline
+        for key in missing:
+            out.append("%s=%s%s" % (key, _render(values[key], "", key), newline))
+    return "".join(out)
+
+
+def changes(content, values):
+    """List what ``set_values`` would change, secrets masked.
+
+    Each item: ``key``, ``before`` and ``after`` (values, masked for
+    secret-looking keys; ``before`` is None for an appended key),
+    ``before_line`` / ``after_line`` (the whole lines, same masking) and
+    ``appended``.
+    """
+    values = _validate(values)
+    current = {}
+    lines = {}
+    for line in (content or "").splitlines():
+        parsed = parse_line(line)
+        if parsed is not None:
+            current[parsed["key"]] = parsed["value"]
+            lines[parsed["key"]] = parsed
+    result = []
+    for key, value in values.items():
+        if current.get(key) == value:
+            continue
+        old = lines.get(key)
+        if old is None:
+            before_line = None
+            after_line = "%s=%s" % (key, _render(value, "", key))
+        else:
+            before_line = old["lead"] + old["export"] + key + old["eq"] + _render(
+                old["value"], old["quote"], key) + old["trailer"]
+            after_line = old["lead"] + old["export"] + key + old["eq"] + _render(
+                value, old["quote"], key) + old["trailer"]
+        if is_secret_key(key):
+            before_line = None if before_line is None else "%s=%s" % (key, MASK)
+            after_line = "%s=%s" % (key, MASK)
+        result.append(dict(
+            key=key,
+            before=mask_value(key, current.get(key)),
+            after=mask_value(key, value),
+            before_line=before_line,
+            after_line=after_line,
+            appended=old is None,
+        ))
+    return result
+
+
+def diff_text(content, values, path="env file"):
+    """A small unified-style diff of the changed keys only (secrets masked)."""
+    items = changes(content, values)
+    if not items:
+        return ""
+    out = ["--- %s (before)" % path, "+++ %s (after)" % path]
+    for item in items:
+        if item["before_line"] is not None:
+            out.append("-" + item["before_line"])
+        out.append("+" + item["after_line"] + ("   (appended)" if item["appended"] else ""))
+    return "\n".join(out) + "\n"
