@@ -69,6 +69,14 @@ def docker(*args, check=True):
 class LabInstance:
     """A running lab instance, described by `lab.py env`."""
 
+    # The module helpers, reachable from the fixture without importing conftest
+    # by name (fragile when several conftest.py files exist).
+    run_lab = staticmethod(run_lab)
+    docker = staticmethod(docker)
+    free_port = staticmethod(free_port)
+    http_get = staticmethod(http_get)
+    wait_for = staticmethod(wait_for)
+
     def __init__(self, info):
         self.info = info
         self.name = info["name"]
@@ -82,6 +90,11 @@ class LabInstance:
         proc = docker("exec", self.db, "psql", "-U", self.info["db_user"], "-d", database,
                       "-XAt", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql)
         return [line.split("\t") for line in proc.stdout.splitlines() if line]
+
+    def docker_health(self, container=None):
+        """Docker's health status of a container (the app by default)."""
+        fmt = "{{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        return docker("inspect", "--format", fmt, container or self.app).stdout.strip()
 
     def health(self):
         return http_get(self.health_url)

@@ -7,9 +7,9 @@ import stat
 import time
 
 import pytest
-from conftest import docker, free_port, run_lab, wait_for
 
 pytestmark = pytest.mark.integration
+
 
 DASHBOARD_ERROR = "Impossible de charger les métriques. Vérifiez la connexion à la base de données."
 INCIDENT_COUNTS = {
@@ -32,7 +32,7 @@ def assert_incident_state(lab):
 
 
 def wait_health(lab, code, timeout=20):
-    return wait_for(lambda: lab.health()[0] == code, timeout=timeout)
+    return lab.wait_for(lambda: lab.health()[0] == code, timeout=timeout)
 
 
 def test_incident_row_counts(lab_instance):
@@ -72,7 +72,7 @@ def test_env_file_incident_content(lab_instance):
 
 
 def test_env_command_describes_instance(lab_instance):
-    info = json.loads(run_lab("env", "--instance", lab_instance.name).stdout)
+    info = json.loads(lab_instance.run_lab("env", "--instance", lab_instance.name).stdout)
     assert info["db_container"] == f"qadhya-{lab_instance.name}-postgres"
     assert info["app_container"] == f"qadhya-{lab_instance.name}-nextjs"
     assert info["network"] == f"qadhya-lab-{lab_instance.name}"
@@ -80,15 +80,13 @@ def test_env_command_describes_instance(lab_instance):
 
 
 def test_docker_reports_app_unhealthy_in_incident(lab_instance):
-    def health():
-        return docker("inspect", "--format", "{{.State.Health.Status}}", lab_instance.app).stdout.strip()
-
-    assert wait_for(lambda: health() == "unhealthy", timeout=30)
+    assert lab_instance.docker_health(lab_instance.db) == "healthy"
+    assert lab_instance.wait_for(lambda: lab_instance.docker_health() == "unhealthy", timeout=30)
 
 
 def test_mounted_mode_restart_picks_up_env(incident_lab):
     incident_lab.set_env("DB_NAME", "moncabinet")
-    docker("restart", incident_lab.app)
+    incident_lab.docker("restart", incident_lab.app)
     assert wait_health(incident_lab, 200)
     code, body = incident_lab.health()
     assert (code, body["database"], body["documents"]) == (200, "moncabinet", 580)
@@ -97,11 +95,11 @@ def test_mounted_mode_restart_picks_up_env(incident_lab):
 def test_created_mode_needs_recreate(incident_lab):
     incident_lab.reset("--mode", "created")
     incident_lab.set_env("DB_NAME", "moncabinet")
-    docker("restart", incident_lab.app)
+    incident_lab.docker("restart", incident_lab.app)
     time.sleep(1)
-    assert wait_for(lambda: incident_lab.health()[0] is not None)
+    assert incident_lab.wait_for(lambda: incident_lab.health()[0] is not None)
     assert incident_lab.health()[0] == 503, "a restart must keep the environment given at creation"
-    run_lab("recreate-app", "--instance", incident_lab.name)
+    incident_lab.run_lab("recreate-app", "--instance", incident_lab.name)
     assert wait_health(incident_lab, 200)
     assert incident_lab.health()[1]["documents"] == 580
 
@@ -119,9 +117,9 @@ def test_reset_restores_incident_state_quickly(incident_lab):
 
 def test_docker_stop_of_app_is_fast(incident_lab):
     started = time.monotonic()
-    docker("stop", incident_lab.app)
+    incident_lab.docker("stop", incident_lab.app)
     elapsed = time.monotonic() - started
-    docker("start", incident_lab.app)
+    incident_lab.docker("start", incident_lab.app)
     assert elapsed < 2, f"docker stop took {elapsed:.2f}s: the app ignores SIGTERM"
 
 
@@ -135,27 +133,27 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_unknown_instance_is_refused(lab_instance):
-    proc = run_lab("status", "--instance", "never-created", check=False)
+    proc = lab_instance.run_lab("status", "--instance", "never-created", check=False)
     assert_one_line_error(proc, "unknown instance 'never-created'", lab_instance.name, "lab.py up")
 
 
 def test_port_in_use_is_refused(lab_instance):
-    port = free_port()
+    port = lab_instance.free_port()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        proc = run_lab("up", "--instance", "itbusy", "--port", port, check=False)
+        proc = lab_instance.run_lab("up", "--instance", "itbusy", "--port", port, check=False)
     assert_one_line_error(proc, f"port {port} is already in use", "--port")
-    assert "itbusy" not in run_lab("env", "--instance", lab_instance.name).stdout
+    assert "itbusy" not in lab_instance.run_lab("env", "--instance", lab_instance.name).stdout
 
 
 def test_no_docker_engine_is_reported(lab_instance):
-    proc = run_lab("status", "--instance", lab_instance.name,
+    proc = lab_instance.run_lab("status", "--instance", lab_instance.name,
                    env={"DOCKER_HOST": "unix:///nonexistent"}, check=False)
     assert_one_line_error(proc, "no Docker engine answers at /nonexistent", "dockerd")
 
 
 def test_lab_root_is_configurable(lab_instance, tmp_path):
-    proc = run_lab("status", "--instance", lab_instance.name,
+    proc = lab_instance.run_lab("status", "--instance", lab_instance.name,
                    env={"QADHYA_LAB_ROOT": os.fspath(tmp_path)}, check=False)
     assert_one_line_error(proc, "unknown instance", "known: none")
