@@ -3,70 +3,7 @@
 
 from __future__ import annotations
 
-DOCUMENTATION = r"""
-name: consolidation_plan
-version_added: 0.1.0
-author: qadhya platform team (@qadhya)
-short_description: Decide the source and target of a database consolidation
-description:
-  - Takes the result of M(qadhya.dbops.db_info) and decides which database
-    holds the app's data (the source), whether the consolidation onto the
-    target name is still to do (C(pending)) or already done (C(done)).
-  - When the situation is ambiguous or unsafe the plan's state is
-    C(refused) and its reason is one line naming the problem and the fix,
-    so the play can stop before anything is changed.
-options:
-  _input:
-    description: The registered result of M(qadhya.dbops.db_info).
-    type: dict
-    required: true
-  target:
-    description: Name the data must end under.
-    type: str
-    required: true
-  source:
-    description: Database holding the data; empty means detect it.
-    type: str
-    default: ""
-  ignore:
-    description: Databases never taken as the source (the maintenance database).
-    type: list
-    elements: str
-    default: [postgres]
-"""
-
-EXAMPLES = r"""
-- name: Decide what to consolidate
-  ansible.builtin.set_fact:
-    plan: "{{ info | qadhya.dbops.consolidation_plan(target='qadhya') }}"
-"""
-
-RETURN = r"""
-_value:
-  description: The plan.
-  type: dict
-  contains:
-    state:
-      description:
-        - C(pending) when the data still has to move to the target name,
-          C(done) when it is there, C(refused) when it is unsafe to go on.
-      type: str
-    source:
-      description: Database holding the data now.
-      type: str
-    target:
-      description: Name the data ends under.
-      type: str
-    drop_target:
-      description: Whether an empty target database exists and must be dropped before the rename.
-      type: bool
-    configured_database:
-      description: Database the app's env file names, if it was read.
-      type: str
-    reason:
-      description: One line explaining the decision.
-      type: str
-"""
+"""Filters that decide and check a consolidation (docs in the sidecar .yml files)."""
 
 from ansible.errors import AnsibleFilterError
 
@@ -142,6 +79,29 @@ def consolidation_plan(info, target, source="", ignore=None):
                     configured_database=info.get("configured_database"), reason=str(exc))
 
 
+def row_counts(tables):
+    """{table: {rows, method}} from db_info, as {table: rows}."""
+    return {name: int((t or {}).get("rows") or 0) for name, t in (tables or {}).items()}
+
+
+def row_count_diff(before, after):
+    """One line per table whose row count changed, appeared or vanished."""
+    before, after = before or {}, after or {}
+    lines = []
+    for table in sorted(set(before) | set(after)):
+        if table not in after:
+            lines.append("%s: missing after (had %d rows)" % (table, before[table]))
+        elif table not in before:
+            lines.append("%s: new table with %d rows" % (table, after[table]))
+        elif before[table] != after[table]:
+            lines.append("%s: %d rows before, %d after" % (table, before[table], after[table]))
+    return lines
+
+
 class FilterModule:
     def filters(self):
-        return {"consolidation_plan": consolidation_plan}
+        return {
+            "consolidation_plan": consolidation_plan,
+            "row_counts": row_counts,
+            "row_count_diff": row_count_diff,
+        }
