@@ -10,6 +10,7 @@ Usage: lab.py build|up|reset|down|status|env|recreate-app [options]
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -195,8 +196,18 @@ def ensure_seed():
     if (final / "pgdata" / "PG_VERSION").exists():
         return final / "pgdata"
     seeds.mkdir(parents=True, exist_ok=True)
-    for stale in seeds.iterdir():
-        shutil.rmtree(stale, ignore_errors=True)
+    # Several lab.py may run at once (parallel test sessions): one builds, the others wait.
+    with open(seeds / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "pgdata" / "PG_VERSION").exists():
+            for stale in seeds.iterdir():
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            build_seed(seeds, final)
+    return final / "pgdata"
+
+
+def build_seed(seeds, final):
     work = Path(tempfile.mkdtemp(prefix="build-", dir=seeds))
     try:
         load_seed(work, final.name)
@@ -204,7 +215,6 @@ def ensure_seed():
         work.rename(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return final / "pgdata"
 
 
 def load_seed(work, key):
@@ -388,7 +398,9 @@ def app_config_args(inst):
 
 def start_app(inst):
     info = inst.describe()
-    docker("run", "-d", "--name", info["app_container"],
+    # --init: tini forwards SIGTERM even before Python has installed its handler,
+    # so `docker stop` is fast right after a start too.
+    docker("run", "-d", "--init", "--name", info["app_container"],
            "--network", info["network"], "--network-alias", "app",
            "--restart", "unless-stopped", "--label", f"{LABEL}={inst.name}",
            "-p", f"127.0.0.1:{inst.port}:3000", *app_config_args(inst), APP_IMAGE)

@@ -43,7 +43,7 @@ def load_settings():
     return settings
 
 
-SETTINGS = load_settings()
+SETTINGS = {}
 
 
 def health():
@@ -96,9 +96,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    # As PID 1 the default SIGTERM action is "ignore": without this handler
-    # `docker stop` would wait its full timeout before SIGKILL.
+    # As PID 1 (no --init) the default SIGTERM action is "ignore": without this
+    # handler `docker stop` would wait its full timeout before SIGKILL.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    SETTINGS.update(load_settings())
     server = ThreadingHTTPServer(("0.0.0.0", 3000), Handler)
     server.daemon_threads = True
     print(f"qadhya-lab app on :3000, DB_NAME={SETTINGS['DB_NAME']} (from {SETTINGS['source']})", flush=True)
