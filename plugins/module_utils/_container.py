@@ -438,7 +438,6 @@ def normalize_inspect(info, anonymous_ok=False):
     networks = {}
     for name, endpoint in (((info.get("NetworkSettings") or {}).get("Networks")) or {}).items():
         networks[name] = {
-            "NetworkID": endpoint.get("NetworkID"),
             "Aliases": sorted(_endpoint_config(endpoint, info.get("Id")).get("Aliases") or []),
             "IPAMConfig": endpoint.get("IPAMConfig") or None,
             "Links": endpoint.get("Links") or None,
@@ -507,8 +506,18 @@ def health_log_tail(info):
     if not log:
         return ""
     last = log[-1]
-    text = " ".join((last.get("Output") or "").split())
+    lines = [line.strip() for line in (last.get("Output") or "").splitlines() if line.strip()]
+    # the last line of a traceback or of curl/wget output says what went wrong
+    text = lines[-1] if lines else ""
     return "exit %s: %s" % (last.get("ExitCode"), text[-300:])
+
+
+def _error_summary(body):
+    """A short, secret-free description of a failing health answer."""
+    if not isinstance(body, dict):
+        return json.dumps(body)[:200]
+    keep = {key: body[key] for key in ("status", "database", "documents", "error", "detail") if key in body}
+    return json.dumps(keep, ensure_ascii=False)[:300]
 
 
 def summarize_body(body):
@@ -739,8 +748,8 @@ class AppContainer:
             self.result["previous_config_diff"] = paths
             if unexpected:
                 raise ContainerError(
-                    "the recreated %s would differ from the old one in %s (only Env may change); "
-                    "nothing was started, the old container is back" % (self.name, ", ".join(unexpected))
+                    "the new container would differ from the old one in %s, not only in Env (nothing "
+                    "was started)" % ", ".join(unexpected)
                 )
             self.api.start(new_id)
             self._mark("start", begin)
@@ -835,12 +844,14 @@ class AppContainer:
             parts.append("last check %s" % log_tail)
         if url:
             if healthy_at is None:
-                parts.append("%s not tried (container never became ready)" % url)
-            else:
+                # one probe, only to say what the app answers
+                last_code, last_body, last_error = self.http_get(url, 2.0)
+                self.result["http_status"] = last_code
+            if last_code is not None or last_error:
                 detail = last_error
                 if last_body:
                     try:
-                        detail = json.dumps(summarize_body(json.loads(last_body.decode("utf-8"))) or {})
+                        detail = _error_summary(json.loads(last_body.decode("utf-8")))
                     except (ValueError, UnicodeDecodeError):
                         detail = last_body[:200].decode("utf-8", "replace")
                 parts.append("%s answered %s%s" % (url, last_code if last_code else "nothing",
