@@ -1,0 +1,591 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Units for the pure logic of db_backup: names, manifests, retention, space, streaming."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import gzip
+import hashlib
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+_COLLECTIONS = Path(__file__).resolve().parents[4] / ".cache" / "collections"
+if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(_COLLECTIONS))
+
+from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as bk  # noqa: E402
+
+UTC = datetime.timezone.utc  # noqa: UP017
+NOW = datetime.datetime(2026, 2, 11, 12, 0, 0, tzinfo=UTC)
+MB = 1 << 20
+
+
+def days_ago(n, hours=0):
+    return NOW - datetime.timedelta(days=n, hours=hours)
+
+
+# --------------------------------------------------------------------------
+# names
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,ext", [("custom", "dump"), ("plain_gzip", "sql.gz"), ("plain_zstd", "sql.zst")])
+def test_backup_name_round_trip(fmt, ext):
+    when = datetime.datetime(2026, 2, 11, 10, 15, 0, 123456, tzinfo=UTC)
+    name = bk.backup_name("moncabinet", when, fmt)
+    assert name == "moncabinet-20260211T101500Z.%s" % ext
+    parsed = bk.parse_name(name)
+    assert parsed == dict(prefix="moncabinet", when=when.replace(microsecond=0), format=fmt)
+
+
+def test_backup_name_uses_utc_whatever_the_zone():
+    paris = datetime.timezone(datetime.timedelta(hours=1))
+    when = datetime.datetime(2026, 2, 11, 11, 15, 0, tzinfo=paris)
+    assert bk.backup_name("db", when, "custom") == "db-20260211T101500Z.dump"
+
+
+@pytest.mark.parametrize("prefix", ["my-db-2026", "base arabe قاعدة", "a.b", "x-20250101T000000Z"])
+def test_parse_name_keeps_odd_prefixes(prefix):
+    name = bk.backup_name(prefix, NOW, "plain_gzip")
+    assert bk.parse_name(name)["prefix"] == prefix
+
+
+@pytest.mark.parametrize("name", [
+    "moncabinet-20260211T101500Z.tar",
+    "moncabinet-20260211T1015Z.dump",
+    "moncabinet.dump",
+    "-20260211T101500Z.dump",
+    "moncabinet-20261399T101500Z.dump",  # month 13: not a time stamp
+    "moncabinet-20260211T101500Z.dump.manifest.json",
+    ".moncabinet-20260211T101500Z.dump.partial-abc",
+])
+def test_parse_name_rejects_other_files(name):
+    assert bk.parse_name(name) is None
+
+
+def test_default_prefix_is_file_name_safe():
+    assert bk.default_prefix("a/b\\c") == "a_b_c"
+    assert bk.default_prefix(".hidden") == "_hidden"
+    assert bk.default_prefix('we"ird; name') == 'we"ird; name'
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b", ".x", "nul\x00", "x" * 181])
+def test_validate_prefix_refuses(prefix):
+    with pytest.raises(bk.BackupError, match="name_prefix"):
+        bk.validate_prefix(prefix)
+
+
+def test_scratch_name_is_short_fresh_and_plain():
+    names = {bk.scratch_name('Très "long"; name ' * 10) for _ in range(20)}
+    assert len(names) == 20
+    for name in names:
+        assert name.startswith("dbops_verify_tr_s_long_name_")
+        assert len(name.encode()) <= 63
+        assert all(c.isalnum() or c == "_" for c in name)
+    assert bk.scratch_name("!!!").startswith("dbops_verify_db_")
+
+
+def test_conninfo_dbname_quotes_everything():
+    assert bk.conninfo_dbname("moncabinet") == "dbname='moncabinet'"
+    assert bk.conninfo_dbname("it's a \\ test") == "dbname='it\\'s a \\\\ test'"
+    # a name that looks like options or a URI stays a name
+    assert bk.conninfo_dbname("postgres://x host=evil") == "dbname='postgres://x host=evil'"
+
+
+def test_table_key():
+    assert bk.table_key("public", "knowledge_base") == "knowledge_base"
+    assert bk.table_key("audit", "log") == "audit.log"
+
+
+# --------------------------------------------------------------------------
+# manifests
+# --------------------------------------------------------------------------
+
+
+def make_manifest(name="moncabinet-20260211T101500Z.dump", database="moncabinet", verified_ok=True,
+                  **over):
+    fmt = bk.parse_name(name)["format"] if bk.parse_name(name) else "custom"
+    manifest = bk.build_manifest(
+        database=database, server_version="15.18", pg_dump_version="pg_dump (PostgreSQL) 15.18",
+        fmt=fmt, level=6, file_name=name, nbytes=1234, sha256="ab" * 32,
+        row_counts={"knowledge_base": 580, "users": 2, "web_sources": 6},
+        started_at=NOW, finished_at=NOW + datetime.timedelta(seconds=2.5), host="vps1",
+        container="qadhya-postgres", encoding="UTF8",
+        verified=dict(level="structure", ok=verified_ok, at=bk.iso(NOW)),
+    )
+    manifest.update(over)
+    return manifest
+
+
+def test_build_manifest_fields_and_no_secrets():
+    manifest = make_manifest()
+    assert manifest["tool"] == "qadhya.dbops"
+    assert manifest["manifest_version"] == 1
+    assert manifest["row_counts"] == {"knowledge_base": 580, "users": 2, "web_sources": 6}
+    assert manifest["compression"] == {"method": "pg_dump-custom", "level": 6}
+    assert manifest["duration_s"] == 2.5
+    assert manifest["started_at"] == "2026-02-11T12:00:00.000000Z"
+    text = bk.manifest_bytes(manifest).decode()
+    assert json.loads(text) == manifest
+    for word in ("password", "PGPASSWORD", "postgresql://", "host="):
+        assert word not in text
+    assert set(manifest) >= {
+        "database", "server_version", "pg_dump_version", "format", "compression", "file", "bytes",
+        "sha256", "row_counts", "started_at", "finished_at", "duration_s", "verified", "host",
+    }
+
+
+def test_build_manifest_keeps_unicode_readable():
+    manifest = make_manifest(row_counts={"قوانين": 3})
+    assert "قوانين" in bk.manifest_bytes(manifest).decode("utf-8")
+
+
+def test_manifest_problem_cases():
+    name = "moncabinet-20260211T101500Z.dump"
+    assert bk.manifest_problem(make_manifest(), name) is None
+    assert bk.manifest_problem(make_manifest(), name, database="moncabinet", prefix="moncabinet") is None
+    assert "not written" in bk.manifest_problem(make_manifest(tool="other"), name)
+    assert "manifest_version" in bk.manifest_problem(make_manifest(manifest_version=2), name)
+    assert "describes" in bk.manifest_problem(make_manifest(), "moncabinet-20260211T101501Z.dump")
+    assert "format" in bk.manifest_problem(make_manifest(format="plain_gzip"), name)
+    assert "database" in bk.manifest_problem(make_manifest(), name, database="qadhya")
+    assert "prefix" in bk.manifest_problem(make_manifest(), name, prefix="other")
+    assert bk.manifest_problem([], name) == "not a JSON object"
+    assert bk.manifest_problem(make_manifest(sha256=None), name) == "has no sha256/bytes"
+
+
+def test_is_verified():
+    assert bk.is_verified(make_manifest())
+    assert not bk.is_verified(make_manifest(verified_ok=False))
+    assert not bk.is_verified(make_manifest(verified=dict(level="none", ok=None)))
+    assert not bk.is_verified(make_manifest(verified=dict(level="none", ok=True)))
+    assert not bk.is_verified(make_manifest(verified=None))
+
+
+# --------------------------------------------------------------------------
+# retention
+# --------------------------------------------------------------------------
+
+
+def entry(age_days, verified=True, prefix="db", hours=0):
+    when = days_ago(age_days, hours=hours).replace(microsecond=0)
+    return dict(name=bk.backup_name(prefix, when, "custom"), when=when, verified=verified)
+
+
+def names(entries):
+    return sorted(e["name"] for e in entries)
+
+
+def test_retention_deletes_only_older_than_cutoff_beyond_keep():
+    backups = [entry(d) for d in (0, 1, 2, 3, 4, 5, 6, 7, 40, 50, 60)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    assert names(delete) == names(backups[8:])
+    assert names(keep) == names(backups[:8])
+
+
+def test_retention_keep_n_protects_old_verified_backups():
+    backups = [entry(d) for d in (40, 50, 60, 70)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=2)
+    assert names(keep) == names(backups[:2])
+    assert names(delete) == names(backups[2:])
+
+
+def test_retention_never_deletes_the_newest_verified_even_with_keep_zero():
+    backups = [entry(40), entry(50)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=0)
+    assert names(keep) == names([backups[0]])
+    assert names(delete) == names([backups[1]])
+
+
+def test_retention_unverified_do_not_count_as_kept_good_backups():
+    # newest three are unverified and old: they go, the older verified one stays as last good
+    backups = [entry(31, verified=False), entry(32, verified=False), entry(33, verified=False), entry(90)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
+    assert names(keep) == names([backups[3]])
+    assert names(delete) == names(backups[:3])
+
+
+def test_retention_young_unverified_backups_are_kept():
+    backups = [entry(1, verified=False), entry(2, verified=False)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    assert delete == []
+    assert len(keep) == 2
+
+
+def test_retention_only_unverified_old_backups_all_go():
+    backups = [entry(40, verified=False), entry(41, verified=False)]
+    delete, _ = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    assert names(delete) == names(backups)
+
+
+def test_retention_days_zero_keeps_protected_new_backup():
+    backups = [entry(0, verified=False), entry(0.5)]
+    delete, keep = bk.select_prune(backups, NOW, retention_days=0, retention_keep=0,
+                                   protect=(backups[0]["name"],))
+    assert names(keep) == names(backups)
+    assert delete == []
+
+
+def test_retention_exact_cutoff_is_kept():
+    backups = [entry(30), entry(30, hours=1), entry(1)]
+    delete, _ = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
+    assert names(delete) == names([backups[1]])
+
+
+def test_retention_refuses_negative_values():
+    with pytest.raises(bk.BackupError):
+        bk.select_prune([], NOW, retention_days=-1, retention_keep=1)
+
+
+def write_backup(directory, prefix, when, database=None, manifest=True, verified=True, **over):
+    name = bk.backup_name(prefix, when, "custom")
+    path = Path(directory) / name
+    path.write_bytes(b"PGDMP" + b"x" * 100)
+    if manifest:
+        data = make_manifest(name=name, database=database or prefix, verified_ok=verified, **over)
+        Path(str(path) + bk.MANIFEST_SUFFIX).write_text(json.dumps(data))
+    return name
+
+
+def test_scan_backups_recognises_only_ours(tmp_path):
+    mine_new = write_backup(tmp_path, "moncabinet", days_ago(1))
+    mine_old = write_backup(tmp_path, "moncabinet", days_ago(60), verified=False)
+    no_manifest = write_backup(tmp_path, "moncabinet", days_ago(90), manifest=False)
+    foreign_tool = write_backup(tmp_path, "moncabinet", days_ago(91), tool="pgbackrest")
+    other_db_same_prefix = write_backup(tmp_path, "moncabinet", days_ago(92), database="qadhya")
+    write_backup(tmp_path, "qadhya", days_ago(93))  # other prefix: not even looked at
+    (tmp_path / "notes.txt").write_text("operator notes")
+    (tmp_path / "moncabinet.sql.gz").write_bytes(b"\x1f\x8b hand made")
+    os.symlink(tmp_path / mine_new, tmp_path / bk.backup_name("moncabinet", days_ago(100), "custom"))
+
+    ours, ignored = bk.scan_backups(str(tmp_path), database="moncabinet", prefix="moncabinet")
+    assert [e["name"] for e in ours] == [mine_new, mine_old]
+    assert [e["verified"] for e in ours] == [True, False]
+    assert no_manifest in ignored and foreign_tool in ignored and other_db_same_prefix in ignored
+    assert len(ignored) == 4  # + the symlink
+
+
+def test_scan_backups_manifest_for_another_file_is_not_ours(tmp_path):
+    name = write_backup(tmp_path, "db", days_ago(40))
+    other = bk.backup_name("db", days_ago(41), "custom")
+    (tmp_path / other).write_bytes(b"PGDMP")
+    # a copy of a valid manifest renamed next to a foreign file
+    (tmp_path / (other + bk.MANIFEST_SUFFIX)).write_text((tmp_path / (name + bk.MANIFEST_SUFFIX)).read_text())
+    ours, ignored = bk.scan_backups(str(tmp_path), database="db", prefix="db")
+    assert [e["name"] for e in ours] == [name]
+    assert ignored == [other]
+
+
+def test_scan_backups_missing_directory(tmp_path):
+    assert bk.scan_backups(str(tmp_path / "nope"), "db", "db") == ([], [])
+
+
+def test_delete_backup_removes_file_and_manifest_only(tmp_path):
+    name = write_backup(tmp_path, "db", days_ago(40))
+    keep = write_backup(tmp_path, "db", days_ago(1))
+    bk.delete_backup(str(tmp_path / name))
+    assert sorted(os.listdir(tmp_path)) == sorted([keep, keep + bk.MANIFEST_SUFFIX])
+
+
+# --------------------------------------------------------------------------
+# free space
+# --------------------------------------------------------------------------
+
+
+def test_free_space_enough():
+    result = bk.free_space_check("/backups", free=400 * MB, db_size=60 * MB, margin_mb=256)
+    assert result["ok"] is True
+    assert result["need_mb"] == 316.0
+    assert "msg" not in result
+
+
+def test_free_space_refusal_message():
+    result = bk.free_space_check("/x", free=12 * MB + 5, db_size=60 * MB, margin_mb=20)
+    assert result["ok"] is False
+    assert result["msg"] == (
+        "not enough free space in /x: 12 MB free, need ~80 MB (database size 60 MB + margin 20 MB); "
+        "free space or choose another dest_dir"
+    )
+
+
+def test_free_space_exact_boundary_and_zero_margin():
+    assert bk.free_space_check("/x", free=60 * MB, db_size=60 * MB, margin_mb=0)["ok"] is True
+    assert bk.free_space_check("/x", free=60 * MB - 1, db_size=60 * MB, margin_mb=0)["ok"] is False
+
+
+def test_free_bytes_of_a_missing_dir_uses_its_parent(tmp_path):
+    assert bk.free_bytes(str(tmp_path / "a" / "b")) == bk.free_bytes(str(tmp_path))
+
+
+# --------------------------------------------------------------------------
+# streaming writer
+# --------------------------------------------------------------------------
+
+
+def test_stream_to_partial_writes_private_file_and_hash(tmp_path):
+    chunks = [b"a" * (1 << 20), b"", b"b" * 10]
+    partial, nbytes, sha = bk.stream_to_partial(str(tmp_path), "db-x.dump", iter(chunks))
+    assert Path(partial).name.startswith(".db-x.dump.partial-")
+    assert nbytes == (1 << 20) + 10
+    assert sha == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert stat.S_IMODE(os.stat(partial).st_mode) == 0o600
+    final = str(tmp_path / "db-x.dump")
+    bk.commit_partial(partial, final)
+    assert os.listdir(tmp_path) == ["db-x.dump"]
+    assert stat.S_IMODE(os.stat(final).st_mode) == 0o600
+
+
+def test_stream_to_partial_mode_ignores_permissive_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        partial, _, _ = bk.stream_to_partial(str(tmp_path), "f", [b"x"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(partial).st_mode) == 0o600
+
+
+def test_stream_error_mid_way_removes_partial(tmp_path):
+    (tmp_path / "db-old.dump").write_bytes(b"earlier backup")
+
+    def chunks():
+        yield b"x" * 100
+        raise bk.BackupError("pg_dump died")
+
+    with pytest.raises(bk.BackupError, match="pg_dump died"):
+        bk.stream_to_partial(str(tmp_path), "db-new.dump", chunks())
+    assert os.listdir(tmp_path) == ["db-old.dump"]
+    assert (tmp_path / "db-old.dump").read_bytes() == b"earlier backup"
+
+
+class FullDisk:
+    """A file object that fills up after `room` bytes, like a full filesystem."""
+
+    def __init__(self, raw, room, on_flush=False):
+        self.raw, self.room, self.on_flush = raw, room, on_flush
+
+    def write(self, data):
+        if not self.on_flush and len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.raw.write(data)
+
+    def flush(self):
+        if self.on_flush:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("on_flush", [False, True])
+def test_enospc_removes_partial_and_says_disk_full(tmp_path, on_flush):
+    (tmp_path / "db-old.dump").write_bytes(b"earlier backup")
+    with pytest.raises(bk.BackupError) as info:
+        bk.stream_to_partial(str(tmp_path), "db-new.dump", iter([b"y" * 1000] * 5),
+                             wrap=lambda raw: FullDisk(raw, 2500, on_flush))
+    msg = str(info.value)
+    assert msg.startswith("disk full while writing the backup in %s" % tmp_path)
+    assert "No space left on device" in msg and "choose another dest_dir" in msg
+    assert "\n" not in msg
+    assert info.value.details["errno"] == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["db-old.dump"]
+
+
+def test_edquot_is_reported_like_enospc(tmp_path):
+    class Quota(FullDisk):
+        def write(self, data):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    with pytest.raises(bk.BackupError, match="disk full"):
+        bk.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Quota(raw, 0))
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_os_errors_propagate_and_clean_up(tmp_path):
+    class Broken(FullDisk):
+        def write(self, data):
+            raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError) as info:
+        bk.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Broken(raw, 0))
+    assert info.value.errno == errno.EIO
+    assert os.listdir(tmp_path) == []
+
+
+def test_partial_writes_are_completed(tmp_path):
+    class Dribble:
+        def __init__(self, raw):
+            self.raw = raw
+
+        def write(self, data):
+            return self.raw.write(bytes(data[:3]))
+
+        def flush(self):
+            pass
+
+    partial, nbytes, _ = bk.stream_to_partial(str(tmp_path), "f", [b"0123456789"], wrap=Dribble)
+    assert Path(partial).read_bytes() == b"0123456789" and nbytes == 10
+
+
+def test_commit_partial_never_replaces_an_existing_backup(tmp_path):
+    final = tmp_path / "db-x.dump"
+    final.write_bytes(b"precious")
+    partial, _, _ = bk.stream_to_partial(str(tmp_path), "db-x.dump", [b"new"])
+    with pytest.raises(bk.BackupError, match="already exists"):
+        bk.commit_partial(partial, str(final))
+    assert final.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["db-x.dump"]
+
+
+def test_write_atomic_replaces_manifest(tmp_path):
+    bk.write_atomic(str(tmp_path), "m.json", b"one")
+    bk.write_atomic(str(tmp_path), "m.json", b"two")
+    assert (tmp_path / "m.json").read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["m.json"]
+    assert stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode) == 0o600
+
+
+def test_ensure_dir_creates_0700_and_respects_check_mode(tmp_path):
+    target = tmp_path / "a" / "backups"
+    assert bk.ensure_dir(str(target), check_mode=True) is True
+    assert not target.exists()
+    assert bk.ensure_dir(str(target)) is True
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    assert bk.ensure_dir(str(target)) is False
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(bk.BackupError, match="not a directory"):
+        bk.ensure_dir(str(tmp_path / "file"))
+
+
+# --------------------------------------------------------------------------
+# compression and structure
+# --------------------------------------------------------------------------
+
+SQL = b"--\n-- PostgreSQL database dump\n--\nCREATE TABLE t();\n" + b"-- filler\n" * 5000 + \
+    b"--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n"
+
+
+def test_gzip_chunks_produce_standard_gzip_and_track_marker():
+    tail = bk.Tail()
+    data = b"".join(bk.gzip_chunks(iter([SQL[:1000], SQL[1000:]]), 6, tail))
+    assert gzip.decompress(data) == SQL
+    assert tail.total == len(SQL) and tail.complete()
+
+
+def test_tail_without_marker_is_incomplete():
+    tail = bk.Tail()
+    for part in (SQL[:100], SQL[100:-200]):
+        tail.feed(part)
+    assert not tail.complete()
+
+
+def test_gunzip_chunks_detects_damage():
+    data = bytearray(gzip.compress(SQL))
+    assert b"".join(bk.gunzip_chunks([bytes(data)])) == SQL
+    with pytest.raises(bk.BackupError, match="truncated"):
+        list(bk.gunzip_chunks([bytes(data[: len(data) // 2])]))
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(bk.BackupError, match="corrupt"):
+        list(bk.gunzip_chunks([bytes(flipped)]))
+    with pytest.raises(bk.BackupError, match="trailing"):
+        list(bk.gunzip_chunks([bytes(data) + b"junk"]))
+
+
+def test_compare_counts_names_tables():
+    expected = {"knowledge_base": 581, "users": 2, "gone": 1}
+    diffs = bk.compare_counts(expected, {"knowledge_base": 580, "users": 2, "extra": 0})
+    assert diffs == [("extra", None, 0), ("gone", 1, None), ("knowledge_base", 581, 580)]
+    text = bk.describe_diffs(diffs)
+    assert "table knowledge_base: manifest 581 rows, restored 580 rows" in text
+    assert "table gone: manifest 1 rows, restored absent" in text
+    assert bk.compare_counts({"a": 1}, {"a": 1}) == []
+
+
+def test_check_results_rc_and_error_lines():
+    ok = [("pg_dump", 0, "", ["pg_dump"])]
+    assert bk.check_results(ok, "dump") == []
+    with pytest.raises(bk.BackupError, match=r"rc=1: pg_dump: error: connection .* failed"):
+        bk.check_results([("pg_dump", 1, "pg_dump: error: connection to server failed\n", ["x"])], "dump")
+    with pytest.raises(bk.BackupError, match="although it exited 0"):
+        bk.check_results([("pg_dump", 0, "pg_dump: error: query failed: ERROR: x\n", ["x"])], "dump")
+    warnings = bk.check_results([("zstd", 0, "zstd: note: something\n", ["x"])], "dump")
+    assert warnings == ["zstd: zstd: note: something"]
+
+
+# --------------------------------------------------------------------------
+# the dump pipeline with a stand-in for `docker exec`
+# --------------------------------------------------------------------------
+
+
+class FakeModule:
+    check_mode = False
+
+    def __init__(self, tmp_path, script):
+        self.params = dict(
+            db_container="db", login_user="u", login_password="s3cret", docker_bin="docker",
+            login_port=5432, connect_timeout=5, maintenance_db="postgres",
+        )
+        self.script = script
+        self.warnings = []
+
+    def get_bin_path(self, name, required=False):
+        return "/bin/" + name
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+
+def fake_exec(script):
+    """exec_argv stand-in: runs `script` locally with the requested argv in $@."""
+    def exec_argv(module, container, argv, env=None, user=None, interactive=False):
+        secrets = {k: v for k, v in (env or {}).items() if v is not None}
+        return ["sh", "-c", script, "fake-docker"] + list(argv), secrets
+    return exec_argv
+
+
+def run_dump(monkeypatch, tmp_path, script, fmt="custom"):
+    monkeypatch.setattr(bk, "exec_argv", fake_exec(script))
+    runner = bk.BackupRunner(FakeModule(tmp_path, script))
+    return runner._dump("moncabinet", fmt, 6, "00000003-1", str(tmp_path), "moncabinet-x.dump", None)
+
+
+def test_dump_success_returns_partial_and_cmd_without_password(monkeypatch, tmp_path):
+    partial, nbytes, sha, cmd, warnings = run_dump(
+        monkeypatch, tmp_path, 'test "$PGPASSWORD" = s3cret || exit 9; printf "PGDMP%0100d" 0')
+    data = Path(partial).read_bytes()
+    assert data.startswith(b"PGDMP") and nbytes == len(data) == 105
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert "s3cret" not in " ".join(cmd[3:])  # what follows the stand-in script
+    assert "--snapshot=00000003-1" in cmd and "--format=custom" in cmd and "--compress=6" in cmd
+    assert warnings == []
+
+
+@pytest.mark.parametrize("script,match", [
+    ('printf "PGDMP%0100d" 0; echo "pg_dump: error: lost connection" >&2; exit 1', "rc=1"),
+    ('printf "PGDMP%0100d" 0; echo "pg_dump: error: query failed" >&2', "although it exited 0"),
+    ('printf "PGDMP"', "without a valid custom header"),
+    ('printf "NOTADUMP%0100d" 0', "without a valid custom header"),
+])
+def test_dump_failures_leave_no_file(monkeypatch, tmp_path, script, match):
+    with pytest.raises(bk.BackupError, match=match):
+        run_dump(monkeypatch, tmp_path, script)
+    assert os.listdir(tmp_path) == []
+
+
+def test_plain_dump_without_completion_marker_fails(monkeypatch, tmp_path):
+    script = 'printf -- "--\\n-- PostgreSQL database dump\\n--\\nCREATE TABLE t();\\n%%0200d" 0'
+    with pytest.raises(bk.BackupError, match="ended without '-- PostgreSQL database dump complete'"):
+        run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
+    assert os.listdir(tmp_path) == []
+
+
+def test_plain_gzip_dump_succeeds_with_marker(monkeypatch, tmp_path):
+    script = 'printf -- "--\\nCREATE TABLE t();\\n--\\n-- PostgreSQL database dump complete\\n--\\n"'
+    partial, _, _, cmd, _ = run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
+    assert gzip.decompress(Path(partial).read_bytes()).endswith(b"dump complete\n--\n")
+    assert "--format=plain" in cmd
