@@ -15,8 +15,10 @@ Syntax understood, the common subset of ``docker --env-file`` and dotenv:
   contain ``=``;
 * a value wrapped in matching double or single quotes is read without the
   quotes (anything after the closing quote, such as `` # comment``, is kept
-  but is not part of the value); an unquoted value is the rest of the line,
-  trailing blanks removed;
+  but is not part of the value); an unquoted value is the rest of the line
+  up to an inline comment (a ``#`` preceded by a blank), trailing blanks
+  removed;
+* a UTF-8 byte order mark at the start is ignored (and kept on rewrite);
 * line endings (``\\n`` or ``\\r\\n``) are kept line by line.
 """
 
@@ -70,6 +72,11 @@ def _split_value(rest):
                 idx += 1
         if end > 0:
             return stripped[1:end], quote, rest[end + 1:]
+    comment = re.search(r"[ \t]#", stripped)
+    if comment:
+        # unquoted: an inline comment starts at a '#' preceded by a blank (dotenv, shell)
+        value = stripped[:comment.start()].rstrip(" \t")
+        return value, "", rest[len(value):]
     return stripped, "", rest[len(stripped):]
 
 
@@ -93,10 +100,17 @@ def parse_line(line):
     )
 
 
+BOM = "\ufeff"
+
+
+def _strip_bom(text):
+    return text[len(BOM):] if text.startswith(BOM) else text
+
+
 def parse(content):
     """Map every key to its value (the last occurrence wins, as in docker)."""
     values = {}
-    for line in (content or "").splitlines(True):
+    for line in _strip_bom(content or "").splitlines(True):
         parsed = parse_line(line)
         if parsed is not None:
             values[parsed["key"]] = parsed["value"]
@@ -165,7 +179,8 @@ def set_values(content, values):
     """
     values = _validate(values)
     content = content or ""
-    lines = content.splitlines(True)
+    bom = BOM if content.startswith(BOM) else ""
+    lines = content[len(bom):].splitlines(True)
     seen = set()
     out = []
     for line in lines:
@@ -189,7 +204,7 @@ def set_values(content, values):
             out[-1] = out[-1] + newline
         for key in missing:
             out.append("%s=%s%s" % (key, _render(values[key], "", key), newline))
-    return "".join(out)
+    return bom + "".join(out)
 
 
 def changes(content, values):
@@ -203,7 +218,7 @@ def changes(content, values):
     values = _validate(values)
     current = {}
     lines = {}
-    for line in (content or "").splitlines():
+    for line in _strip_bom(content or "").splitlines():
         parsed = parse_line(line)
         if parsed is not None:
             current[parsed["key"]] = parsed["value"]
