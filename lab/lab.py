@@ -166,13 +166,32 @@ def wait_http(url, timeout=20):
 # --------------------------------------------------------------------------- build
 
 
+CONTEXT_LABEL = "qadhya.lab.context"
+
+
+def context_digest(context):
+    """Digest of a build context, so an edited Dockerfile or app rebuilds its image."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_context(image):
+    proc = docker("image", "inspect", "--format",
+                  '{{ index .Config.Labels "%s" }}' % CONTEXT_LABEL, image, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def build_images(force=False):
     subprocess.run(["bash", str(IMAGES_DIR / "base-image.sh")], check=True)
     for image, context in IMAGES:
-        if force or image_id(image) is None:
+        wanted = context_digest(context)
+        if force or image_context(image) != wanted:
             log(f"building {image}")
             started = time.monotonic()
-            proc = docker("build", "-q", "-t", image, str(context), check=False)
+            proc = docker("build", "-q", "--label", f"{CONTEXT_LABEL}={wanted}", "-t", image,
+                          str(context), check=False)
             if proc.returncode != 0:
                 raise LabError(f"building {image} failed: {proc.stderr.strip().splitlines()[-1:]}")
             log(f"built {image} in {time.monotonic() - started:.1f}s")

@@ -49,7 +49,7 @@ def run_playbook(inventory, *args, playbook=PLAYBOOK):
 def recap(output):
     match = re.search(r"lab-it\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
     assert match, output[-3000:]
-    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
+    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups()), strict=True))
 
 
 def latest_report(tmp_path):
@@ -94,7 +94,8 @@ def test_consolidates_then_is_idempotent(incident_lab, tmp_path):
     assert lab.psql("qadhya", "SELECT name FROM _migrations") == [["20260213_kb_validation_gamification.sql"]]
     assert re.search(r"^DB_NAME=qadhya$", lab.env_file.read_text(), re.M)
     assert oct(lab.env_file.stat().st_mode & 0o777) == "0o600"
-    backups = [p for p in lab.env_file.parent.iterdir() if p.name.startswith(".env.") and p.name.endswith("~")]
+    backups = [p for p in lab.env_file.parent.iterdir()
+               if p.name.startswith(".env.") and p.name.endswith("~")]
     assert backups, "no timestamped env backup beside the env file"
     status, body = lab.health()
     assert status == 200 and body["database"] == "qadhya" and body["documents"] == 580
@@ -155,3 +156,28 @@ def test_unsafe_target_with_data_is_refused(incident_lab, tmp_path):
     assert databases(lab) == ["moncabinet", "postgres", "qadhya", "template0", "template1"]
     assert count(lab, "moncabinet", "knowledge_base") == 580
     assert latest_report(tmp_path)["result"] == "failed"
+
+
+def test_failure_after_rename_rolls_back(incident_lab, tmp_path):
+    """The app cannot become healthy on the new name: everything goes back."""
+    lab = incident_lab
+    with lab.env_file.open("a", encoding="utf-8") as fh:
+        fh.write("LAB_FAIL_ON_DB=qadhya\n")
+    inv = write_inventory(tmp_path, lab, dbops_health_timeout=8)
+    proc = run_playbook(inv)
+    out = proc.stdout
+    assert proc.returncode != 0, out[-4000:]
+    assert "rolled_back:" in out and "rolled back" in out
+    # The empty target dropped before the rename is restored from its backup.
+    assert databases(lab) == ["moncabinet", "postgres", "qadhya", "template0", "template1"]
+    assert count(lab, "qadhya", "knowledge_base") == 0
+    assert count(lab, "moncabinet", "knowledge_base") == 580
+    assert count(lab, "moncabinet", "user_validation_stats") == 2
+    env = lab.env_file.read_text()
+    assert re.search(r"^DB_NAME=moncabinet$", env, re.M), env
+    assert "LAB_FAIL_ON_DB=qadhya" in env
+    status, body = lab.health()
+    assert status == 200 and body["database"] == "moncabinet" and body["documents"] == 580
+    report = latest_report(tmp_path)
+    assert report["result"] == "rolled_back"
+    assert "Start the app" in report["message"]

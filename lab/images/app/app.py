@@ -16,7 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg2
 
 ENV_FILE = "/config/.env"
-KEYS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")
+# LAB_FAIL_ON_DB is a fault switch for rollback tests: the app refuses to be
+# healthy on that database name, like an app with a second setting that still
+# names the old database.
+KEYS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "LAB_FAIL_ON_DB")
 DASHBOARD_ERROR = "Impossible de charger les métriques. Vérifiez la connexion à la base de données."
 
 
@@ -48,6 +51,9 @@ SETTINGS = {}
 
 def health():
     name = SETTINGS["DB_NAME"]
+    if name and name == SETTINGS.get("LAB_FAIL_ON_DB"):
+        return 503, {"status": "error", "database": name, "error": DASHBOARD_ERROR,
+                     "detail": "LAB_FAIL_ON_DB names this database"}
     try:
         conn = psycopg2.connect(
             host=SETTINGS["DB_HOST"],
