@@ -368,14 +368,12 @@ def primary_network(info):
 def _endpoint_config(endpoint, cid):
     aliases = [a for a in (endpoint.get("Aliases") or []) if a != short_id(cid)]
     config = {}
-    if endpoint.get("IPAMConfig"):
-        config["IPAMConfig"] = endpoint["IPAMConfig"]
-    if endpoint.get("Links"):
-        config["Links"] = endpoint["Links"]
+    # as they are, {} included: `docker network connect` stores an empty IPAMConfig
+    for key in ("IPAMConfig", "Links", "DriverOpts"):
+        if endpoint.get(key) is not None:
+            config[key] = endpoint[key]
     if aliases:
         config["Aliases"] = aliases
-    if endpoint.get("DriverOpts"):
-        config["DriverOpts"] = endpoint["DriverOpts"]
     return config
 
 
@@ -636,6 +634,9 @@ class AppContainer:
             content, mtime = self._host_env_file()
             file_env = envfile.parse(content)
             bad = env_mismatches(file_env, self.wanted)
+            if bad and self.check_mode:
+                # The env file edit that precedes this step was only planned.
+                return "mounted", mount_path, False, config_env
             if bad:
                 raise ContainerError(
                     "env_file %s (mounted at %s in %s) does not hold %s; the app reads that file, so "
