@@ -635,7 +635,10 @@ class AppContainer:
             file_env = envfile.parse(content)
             bad = env_mismatches(file_env, self.wanted)
             if bad and self.check_mode:
-                # The env file edit that precedes this step was only planned.
+                # The env file edit that precedes this step was only planned: say what a real run needs.
+                self.result.setdefault("warnings", []).append(
+                    "env_file %s does not hold %s yet; a real run needs it updated first (role update_env)"
+                    % (self.params["env_file"], describe_mismatch(file_env, self.wanted, bad)))
                 return "mounted", mount_path, False, config_env
             if bad:
                 raise ContainerError(

@@ -116,7 +116,9 @@ options:
     type: str
 notes:
   - Supports check mode - the container is inspected and the plan reported in RV(strategy) and
-    RV(would); nothing is stopped, started or created, and the health URL is only read.
+    RV(would); nothing is stopped, started or created, and the health URL is only read. A mounted env
+    file that does not hold the values yet (its update was only checked too) gives a warning, not a
+    failure.
   - The previous container keeps the name C(<name>.dbops-previous) during a recreate; if one is
     left over (the module was killed), the module refuses to go on and says how to clean up.
   - In mode C(mounted), replacing the env file with a new inode (editors, atomic writes) is seen by a

@@ -479,6 +479,16 @@ def test_mounted_mode_refuses_when_file_lacks_the_values(tmp_path):
     assert api.calls == []
 
 
+def test_mounted_mode_check_run_warns_when_file_not_updated_yet(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("DB_NAME=qadhya\n")
+    info = inspect_doc(mounts=[{"Type": "bind", "Source": str(tmp_path), "Destination": "/config"}])
+    api = FakeAPI([info])
+    result = manager(api, params(env_file=str(env)), check_mode=True).run()
+    assert result["would"] == "restarted" and "does not hold DB_NAME=qadhya" in result["warnings"][0]
+    assert api.calls == []
+
+
 def test_mounted_mode_effective_env_checked_inside_container(tmp_path):
     env = tmp_path / ".env"
     env.write_text("DB_NAME=moncabinet\n")
