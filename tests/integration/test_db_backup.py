@@ -1,0 +1,344 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qadhya.dbops.db_backup through real ansible-playbook runs against a lab instance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def sha256sum(path):
+    out = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.split()[0]
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class Runner:
+    """Runs qadhya.dbops.db_backup as one playbook task; returns the task result."""
+
+    def __init__(self, lab, tmp):
+        self.lab = lab
+        self.tmp = tmp
+        self.count = 0
+
+    def __call__(self, check=False, **args):
+        base = dict(db_container=self.lab.db, login_user=self.lab.info["db_user"],
+                    login_password=self.lab.info["db_password"])
+        base.update(args)
+        self.count += 1
+        play = [dict(hosts="localhost", gather_facts=False, tasks=[
+            dict(name="backup", **{"qadhya.dbops.db_backup": base}, check_mode=check, no_log=False),
+        ])]
+        book = self.tmp / ("play%d.yml" % self.count)
+        book.write_text(json.dumps(play))
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+                   ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+             "-e", "ansible_python_interpreter=%s" % sys.executable, str(book)],
+            cwd=REPO, capture_output=True, text=True, env=env, check=False, timeout=300,
+        )
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            pytest.fail("ansible-playbook output is not JSON: %s %s"
+                        % (proc.stdout[-2000:], proc.stderr[-2000:]))
+        result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        assert self.lab.info["db_password"] not in proc.stdout
+        return result
+
+
+@pytest.fixture(scope="module")
+def lab(lab_instance):
+    return lab_instance
+
+
+@pytest.fixture
+def run(lab, tmp_path):
+    return Runner(lab, tmp_path)
+
+
+def scratch_dbs(lab):
+    return lab.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'dbops_verify_%'")
+
+
+@pytest.fixture(scope="module")
+def custom_backup(lab, tmp_path_factory):
+    """check mode (nothing written) then a real custom backup verified by restore."""
+    tmp = tmp_path_factory.mktemp("custom")
+    run = Runner(lab, tmp)
+    dest = tmp / "backups"
+    planned = run(check=True, database="moncabinet", dest_dir=str(dest), verify="restore")
+    assert planned["changed"] is True and not planned.get("failed"), planned
+    assert not dest.exists()
+    assert Path(planned["path"]).parent == dest and planned["path"].endswith(".dump")
+    assert planned["free_space"]["ok"] is True and planned["estimated_bytes"] > 0
+
+    result = run(database="moncabinet", dest_dir=str(dest), verify="restore")
+    assert result["changed"] is True and not result.get("failed"), result.get("msg")
+    return dest, result
+
+
+def test_create_custom_writes_private_verified_backup(lab, custom_backup):
+    dest, result = custom_backup
+    path = Path(result["path"])
+    manifest_file = Path(result["manifest_path"])
+    assert mode(dest) == 0o700
+    assert mode(path) == 0o600 and mode(manifest_file) == 0o600
+    assert sorted(os.listdir(dest)) == sorted([path.name, manifest_file.name])  # no partial left
+    assert path.read_bytes()[:5] == b"PGDMP"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["tool"] == "qadhya.dbops" and manifest["manifest_version"] == 1
+    assert manifest["row_counts"]["knowledge_base"] == 580
+    assert manifest["row_counts"]["users"] == 2
+    assert manifest["row_counts"]["web_sources"] == 6
+    assert manifest["row_counts"]["ai_usage_logs"] == 0
+    assert manifest["sha256"] == result["sha256"] == sha256sum(path)
+    assert manifest["bytes"] == result["bytes"] == path.stat().st_size
+    assert manifest["verified"]["level"] == "restore" and manifest["verified"]["ok"] is True
+    assert manifest["pg_dump_version"].startswith("pg_dump (PostgreSQL) 15")
+    assert lab.info["db_password"] not in manifest_file.read_text()
+    assert "PGPASSWORD" in result["cmd"] and lab.info["db_password"] not in " ".join(result["cmd"])
+    verified = result["verified"]
+    assert verified["ok"] is True and verified["details"]["checked"] == "restore"
+    assert verified["details"]["tables_compared"] >= 5
+    assert result["throughput_mb_s"] > 0
+    assert scratch_dbs(lab) == []
+
+
+def test_verify_action_checks_and_is_never_changed(run, custom_backup):
+    dest, created = custom_backup
+    for check in (True, False, False):  # check mode, real run, rerun
+        result = run(check=check, action="verify", path=created["path"], verify="structure")
+        assert result["changed"] is False and not result.get("failed"), result.get("msg")
+        assert result["verified"]["ok"] is True
+        assert result["verified"]["details"]["table_data_entries"] >= 5
+        assert result["sha256"] == created["sha256"]
+
+
+def test_flipped_byte_fails_checksum_and_structure(run, custom_backup, tmp_path):
+    dest, created = custom_backup
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad = bad_dir / Path(created["path"]).name
+    shutil.copy(created["path"], bad)
+    shutil.copy(created["manifest_path"], str(bad) + ".manifest.json")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    for level in ("checksum", "structure"):
+        result = run(action="verify", path=str(bad), verify=level)
+        assert result.get("failed") is True, result
+        assert result["msg"].startswith("checksum mismatch for %s" % bad)
+        assert result["verified"]["ok"] is False
+        assert result["changed"] is False
+    assert sha256sum(created["path"]) == created["sha256"]  # the original is untouched
+
+
+def test_manifest_claiming_an_extra_row_fails_restore_verification(lab, run, custom_backup, tmp_path):
+    dest, created = custom_backup
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    copy = lost / Path(created["path"]).name
+    shutil.copy(created["path"], copy)
+    manifest = json.loads(Path(created["manifest_path"]).read_text())
+    manifest["row_counts"]["knowledge_base"] += 1
+    Path(str(copy) + ".manifest.json").write_text(json.dumps(manifest))
+
+    structure = run(action="verify", path=str(copy), verify="structure")
+    assert structure["verified"]["ok"] is True and not structure.get("failed")
+    result = run(action="verify", path=str(copy), verify="restore")
+    assert result.get("failed") is True
+    assert "table knowledge_base: manifest 581 rows, restored 580 rows" in result["msg"]
+    assert "\n" not in result["msg"]
+    assert scratch_dbs(lab) == []
+
+
+def test_plain_gzip_is_standard_gzip_with_matching_sha(run, tmp_path):
+    dest = tmp_path / "gz"
+    result = run(database="moncabinet", dest_dir=str(dest), format="plain_gzip", verify="structure",
+                 compression_level=1)
+    assert not result.get("failed"), result.get("msg")
+    path = Path(result["path"])
+    assert path.name.endswith(".sql.gz")
+    assert subprocess.run(["gzip", "-t", str(path)], check=False).returncode == 0
+    manifest = json.loads(Path(result["manifest_path"]).read_text())
+    assert manifest["sha256"] == sha256sum(path)
+    assert manifest["compression"] == {"method": "gzip", "level": 1}
+    assert result["verified"]["details"]["completion_marker"] is True
+    sql = subprocess.run(["sh", "-c", "gzip -dc '%s' | grep -c 'COPY public.knowledge_base'" % path],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    assert sql == "1"
+
+
+def test_restore_into_new_database_then_idempotent(lab, run, custom_backup):
+    dest, created = custom_backup
+    target = 'restored "db"; ok'
+    try:
+        planned = run(check=True, action="restore", path=created["path"], restore_target=target)
+        assert planned["changed"] is True and not planned.get("failed"), planned.get("msg")
+        assert lab.psql("postgres", "SELECT 1 FROM pg_database WHERE datname = 'restored \"db\"; ok'") == []
+        result = run(action="restore", path=created["path"], restore_target=target)
+        assert result["changed"] is True and not result.get("failed"), result.get("msg")
+        assert result["row_counts_after"]["knowledge_base"] == 580
+        assert lab.psql(target, "SELECT count(*) FROM knowledge_base") == [["580"]]
+        again = run(action="restore", path=created["path"], restore_target=target)
+        assert again["changed"] is False and not again.get("failed"), again.get("msg")
+        # a database holding other tables is never overwritten
+        other = run(action="restore", path=created["path"], restore_target="qadhya")
+        assert other.get("failed") is True and "already exists" in other["msg"], other
+        assert lab.psql("qadhya", "SELECT count(*) FROM knowledge_base") == [["0"]]
+    finally:
+        lab.psql("postgres", 'DROP DATABASE IF EXISTS "restored ""db""; ok" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------
+# retention
+# --------------------------------------------------------------------------
+
+
+def fake_ours(directory, prefix, database, stamp, verified=True):
+    """A backup + manifest as the module writes them (retention reads only the manifest)."""
+    name = "%s-%s.dump" % (prefix, stamp)
+    data = b"PGDMP" + stamp.encode()
+    (directory / name).write_bytes(data)
+    manifest = dict(tool="qadhya.dbops", manifest_version=1, database=database, format="custom", file=name,
+                    bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), row_counts={},
+                    verified=dict(level="structure", ok=verified))
+    (directory / (name + ".manifest.json")).write_text(json.dumps(manifest))
+    return name
+
+
+def test_prune_deletes_only_our_old_backups(run, tmp_path):
+    dest = tmp_path / "retention"
+    dest.mkdir(mode=0o700)
+    old = [fake_ours(dest, "moncabinet", "moncabinet", "2025010%dT000000Z" % d) for d in range(1, 6)]
+    unverified_old = fake_ours(dest, "moncabinet", "moncabinet", "2024120%dT000000Z" % 1, verified=False)
+    other_db = fake_ours(dest, "qadhya", "qadhya", "20200101T000000Z")
+    same_prefix_other_db = fake_ours(dest, "moncabinet", "qadhya", "20200102T000000Z")
+    (dest / "moncabinet-20200103T000000Z.dump").write_bytes(b"hand made, no manifest")
+    (dest / "notes.txt").write_text("keep me")
+    before = sorted(os.listdir(dest))
+
+    args = dict(action="prune", database="moncabinet", dest_dir=str(dest), retention_days=30,
+                retention_keep=2)
+    planned = run(check=True, **args)
+    assert planned["changed"] is True
+    assert sorted(Path(p).name for p in planned["deleted"]) == sorted(old[:3] + [unverified_old])
+    assert sorted(os.listdir(dest)) == before
+
+    result = run(**args)
+    assert result["changed"] is True
+    assert sorted(Path(p).name for p in result["deleted"]) == sorted(old[:3] + [unverified_old])
+    assert sorted(Path(p).name for p in result["kept"]) == sorted(old[3:])
+    left = set(os.listdir(dest))
+    for name in old[3:] + [other_db, same_prefix_other_db, "moncabinet-20200103T000000Z.dump"]:
+        assert name in left
+    assert "notes.txt" in left
+    assert not any(n.startswith(tuple(old[:3])) for n in left)
+
+    again = run(**args)
+    assert again["changed"] is False and again["deleted"] == []
+
+
+# --------------------------------------------------------------------------
+# full disk
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounts = []
+
+    def make(size_mb):
+        point = tmp_path / ("tmpfs%d" % len(mounts))
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm,mode=0700" % size_mb, "tmpfs", str(point)],
+                       check=True)
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_db(lab):
+    lab.psql("postgres", "DROP DATABASE IF EXISTS dbops_tiny")
+    lab.psql("postgres", "CREATE DATABASE dbops_tiny")
+    lab.psql("dbops_tiny", "CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 3)")
+    yield "dbops_tiny"
+    lab.psql("postgres", "DROP DATABASE IF EXISTS dbops_tiny WITH (FORCE)")
+
+
+def earlier_backup(run, dest, tiny_db):
+    result = run(database=tiny_db, dest_dir=str(dest), free_space_margin_mb=0, verify="checksum")
+    assert not result.get("failed"), result.get("msg")
+    return Path(result["path"]), result["sha256"]
+
+
+def assert_only_earlier(dest, earlier, sha):
+    assert sorted(os.listdir(dest)) == sorted([earlier.name, earlier.name + ".manifest.json"])
+    assert sha256sum(earlier) == sha
+
+
+def test_full_disk_preflight_refuses(run, tmpfs, tiny_db):
+    dest = tmpfs(16)
+    earlier, sha = earlier_backup(run, dest, tiny_db)
+    result = run(database="moncabinet", dest_dir=str(dest), free_space_margin_mb=0)
+    assert result.get("failed") is True and result["changed"] is False
+    assert result["msg"].startswith("not enough free space in %s: " % dest)
+    assert result["msg"].endswith("free space or choose another dest_dir")
+    assert_only_earlier(dest, earlier, sha)
+
+
+def test_disk_filling_up_during_the_dump_fails_cleanly(run, lab, tmpfs, tiny_db):
+    size = int(lab.psql("postgres", "SELECT pg_database_size('moncabinet')")[0][0])
+    dest = tmpfs(size // (1 << 20) + 24)
+    earlier, sha = earlier_backup(run, dest, tiny_db)
+    # Uncompressed SQL is larger than the (TOAST-compressed) database, so the
+    # preflight passes and the write runs out of space; another process
+    # filling the disk once the dump has started makes that certain.
+    filler = dest / "zz-other-process.bin"
+    stop = threading.Event()
+
+    def fill_when_dump_starts():
+        # Another process fills the disk once the backup has started writing.
+        while not stop.is_set():
+            if any(".partial-" in n for n in os.listdir(dest)):
+                subprocess.run(["dd", "if=/dev/zero", "of=%s" % filler, "bs=1M"], capture_output=True,
+                               check=False)
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=fill_when_dump_starts)
+    thread.start()
+    try:
+        result = run(database="moncabinet", dest_dir=str(dest), free_space_margin_mb=0, format="plain_gzip",
+                     compression_level=0)
+    finally:
+        stop.set()
+        thread.join()
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith("disk full while writing the backup in %s" % dest), result["msg"]
+    assert result["changed"] is False
+    filler.unlink()
+    assert_only_earlier(dest, earlier, sha)
