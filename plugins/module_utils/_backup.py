@@ -453,7 +453,7 @@ def commit_partial(partial, final):
 
 def write_atomic(directory, name, data, replace=True):
     """Write bytes to directory/name through a 0600 partial file + rename."""
-    partial, _, _ = stream_to_partial(directory, name, [data])
+    partial = stream_to_partial(directory, name, [data])[0]
     final = os.path.join(directory, name)
     if replace:
         os.rename(partial, final)
@@ -627,7 +627,7 @@ class Procs:
         """'container', 'host' or None: where `tool` (zstd) can run."""
         if self.container:
             cmd, extra = self.argv(tool, ["--version"], env=False)
-            rc, _, _ = self.module.run_command(cmd, environ_update=extra)
+            rc = self.module.run_command(cmd, environ_update=extra)[0]
             if rc == 0:
                 return "container"
         return "host" if self.module.get_bin_path(tool) else None
@@ -697,7 +697,7 @@ def open_conn(module, host, dbname, autocommit=True):
 
 def list_tables(cur):
     cur.execute(USER_TABLES)
-    return [(schema, table) for schema, table in cur.fetchall()]
+    return [tuple(row) for row in cur.fetchall()]
 
 
 def count_rows(cur):
@@ -802,7 +802,7 @@ class BackupRunner:
                 conn.close()
 
     def _plan_name(self, dest, prefix, fmt):
-        for _ in range(3):
+        for _attempt in range(3):
             started = utc_now()
             name = backup_name(prefix, started, fmt)
             path = os.path.join(dest, name)
@@ -1046,7 +1046,7 @@ class BackupRunner:
             data_lines = [line for line in entries if " TABLE DATA " in line]
             missing = []
             for key in manifest.get("row_counts") or {}:
-                schema, _, table = key.rpartition(".") if "." in key else ("public", "", key)
+                schema, table = key.rsplit(".", 1) if "." in key else ("public", key)
                 wanted = (" TABLE DATA %s %s " % (schema, table), " TABLE DATA public %s " % key)
                 if not any(w in line for line in data_lines for w in wanted):
                     missing.append(key)
@@ -1231,7 +1231,7 @@ class BackupRunner:
                 with admin.cursor() as cur:
                     create_database(cur, target, manifest.get("encoding"))
             try:
-                cmd, _ = self._restore_stream(path, manifest["format"], target)
+                cmd = self._restore_stream(path, manifest["format"], target)[0]
                 actual = self._counts_of(target)
                 diffs = compare_counts(expected, actual)
                 if diffs:
@@ -1265,7 +1265,7 @@ class BackupRunner:
             if free < size:
                 raise BackupError("not enough free space in %s for the copy: %d MB free, need %d MB; free "
                                   "space or choose another copy_to" % (directory, free // MB, -(-size // MB)))
-            partial, _, got = stream_to_partial(directory, name, read_chunks(src), option="copy_to")
+            partial, _size, got = stream_to_partial(directory, name, read_chunks(src), option="copy_to")
             if src == path and got != sha:
                 remove_quietly(partial)
                 raise BackupError("copy of %s to %s changed on the way (sha256 differs); check %s"
