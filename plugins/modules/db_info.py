@@ -367,7 +367,7 @@ def main():
         exact_max_rows=dict(type="int", default=10000000),
         checksum_tables=dict(type="list", elements="str", default=[]),
         env_file=dict(type="path"),
-        env_db_key=dict(type="str", default="DB_NAME"),
+        env_db_key=dict(type="str", default="DB_NAME", no_log=False),
         data_tables=dict(type="list", elements="str", default=[]),
         migrations_table=dict(type="str", default=MIGRATIONS_TABLE),
         parallel=dict(type="int", default=4),
