@@ -417,7 +417,7 @@ def parse_create(st):
                 k += 1
                 if word(k) == "ONLY":
                     k += 1
-                on, _ = _read_name(toks, k)
+                on = _read_name(toks, k)[0]
                 break
         if kind == "index" and on and on[0] and not name[0]:
             name = (on[0], name[1])  # an index lives in its table's schema
@@ -685,8 +685,14 @@ def error_location(text, exc):
 
 
 def pg_error_line(exc):
+    """First line of a PostgreSQL error, plus where in a function body it happened."""
     text = (getattr(exc, "pgerror", None) or str(exc) or exc.__class__.__name__).strip()
     first = text.splitlines()[0] if text else exc.__class__.__name__
+    diag = getattr(exc, "diag", None)
+    context = getattr(diag, "context", None) if diag is not None else None
+    if context and context.strip():
+        # innermost first: the statement, then the function and its line
+        first += " (%s)" % ", ".join(line.strip() for line in context.strip().splitlines()[:2])
     return first
 
 
@@ -723,6 +729,10 @@ class MigrationRunner:
             lock_wait_ms=0,
         )
         self._locked = False
+        self.warnings = []
+        # File text is UTF-8; make the server read it as such whatever the
+        # database's default client encoding.
+        conn.set_client_encoding("UTF8")
 
     # -- small helpers -----------------------------------------------------
     def _query(self, query, params=None):
@@ -817,7 +827,7 @@ class MigrationRunner:
     def missing_columns(self):
         if self.columns is None:
             return []
-        return [col for col, _ in TRACKING_COLUMNS if col not in self.columns]
+        return [col for col, dummy in TRACKING_COLUMNS if col not in self.columns]
 
     def read_records(self):
         if self.columns is None:
@@ -861,7 +871,7 @@ class MigrationRunner:
                 except psycopg2.Error:
                     cur.execute("ROLLBACK")
                     raise
-            self.columns = [col for col, _ in TRACKING_COLUMNS]
+            self.columns = [col for col, dummy in TRACKING_COLUMNS]
             self.result["tracking_table_created"] = True
             return
         missing = self.missing_columns()
@@ -1030,6 +1040,11 @@ class MigrationRunner:
                 problems = [p for p in problems if p]
                 if problems:
                     raise MigrationError("; ".join(problems))
+                self.warnings.extend(
+                    "%s creates no table, index, view, function, sequence, type or trigger "
+                    "the module can verify; recorded on your word" % mf.name
+                    for mf in chosen if not mf.objects
+                )
             elif adopt_existing:
                 to_apply, to_adopt = [], []
                 for mf in chosen:

@@ -23,8 +23,8 @@ description:
     O(adopt_existing) during apply) after checking that the objects they
     create really exist, without executing them again.
   - An existing tracking table of a simpler shape (for example an app's own
-    C(_migrations) with only C(name) and C(applied_at)) is adopted, not
-    recreated: missing columns are added and its rows count as applied.
+    C(_migrations) with only C(name) and C(applied_at)) is adopted, never
+    recreated. Missing columns are added and its rows count as applied.
 options:
   database:
     description: Database the migrations belong to.
@@ -290,6 +290,8 @@ class DbMigrate:
         finally:
             conn.close()
         result.update(out)
+        for warning in runner.warnings:
+            self.module.warn(warning)
         if out["missing_files"]:
             self.module.warn(
                 "applied migrations without a file in %s: %s"

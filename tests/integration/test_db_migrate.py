@@ -156,7 +156,7 @@ def test_incident_apply_adopts_app_table(incident_lab, tmp_path, record_property
     lab = incident_lab
     assert columns(lab) == ["name", "applied_at"]
     rows(lab, "INSERT INTO _migrations (name, applied_at) VALUES "
-                 "('20260101_init.sql', '2026-01-01'), ('20251201_removed.sql', '2025-12-01')")
+              "('20260101_init.sql', '2026-01-01'), ('20251201_removed.sql', '2025-12-01')")
     d = migrations_dir(tmp_path, ("20260101_init.sql", "SELECT 1;\n"))
     args = dict(migrations_dir=str(d))
 
@@ -191,7 +191,7 @@ def test_incident_apply_adopts_app_table(incident_lab, tmp_path, record_property
     assert one(lab, "SELECT conname FROM pg_constraint WHERE conrelid = '_migrations'::regclass "
                     "AND contype = 'p'") == "_migrations_pkey"
     row = rows(lab, "SELECT checksum, applied_by, execution_ms, adopted FROM _migrations "
-                       "WHERE name = %s" % quote_literal(INCIDENT))[0]
+                    "WHERE name = %s" % quote_literal(INCIDENT))[0]
     assert row[0] == sha256(INCIDENT_FILE)
     assert row[1] == "%s@%s" % (lab.info["db_user"], socket.gethostname())
     assert int(row[2]) >= 0 and row[3] == "f"
@@ -284,7 +284,7 @@ def test_baseline_of_hand_applied_incident_migration(scratch, tmp_path):
     hand_apply(lab, INCIDENT_FILE)
     # Remove one stats row: a re-execution would put it back (INSERT ... SELECT FROM users).
     rows(lab, "DELETE FROM user_validation_stats WHERE user_id = (SELECT min(user_id::text)::uuid "
-                 "FROM user_validation_stats)")
+              "FROM user_validation_stats)")
     assert one(lab, "SELECT count(*) FROM _migrations") == "0"
     d = migrations_dir(tmp_path, ("20260301_not_applied.sql", "CREATE TABLE never_made (id int);\n"))
     args = dict(migrations_dir=str(d), action="baseline", names=[INCIDENT])
@@ -315,7 +315,7 @@ def test_adopt_existing_during_apply(scratch, tmp_path):
     lab = scratch
     hand_apply(lab, INCIDENT_FILE)
     rows(lab, "DELETE FROM user_validation_stats WHERE user_id = (SELECT min(user_id::text)::uuid "
-                 "FROM user_validation_stats)")
+              "FROM user_validation_stats)")
     d = migrations_dir(tmp_path, ("20260301_new.sql", "CREATE TABLE new_table (id int);\n"))
     args = dict(migrations_dir=str(d), adopt_existing=True)
 
@@ -348,7 +348,7 @@ def test_concurrent_runs_never_both_apply(scratch, tmp_path):
     d = migrations_dir(tmp_path, ("20260301_slow.sql",
                                   "CREATE TABLE slow_table (id int);\nSELECT pg_sleep(3);\n"))
     args = dict(migrations_dir=str(d), lock_timeout=60)
-    procs = [start_migrate(lab, tmp_path, **args) for _ in range(2)]
+    procs = [start_migrate(lab, tmp_path, **args) for dummy in range(2)]
     results = sorted((_parse(_wait(p)) for p in procs), key=lambda r: len(r["applied"]))
     waiter, winner = results
     assert [a["name"] for a in winner["applied"]] == [INCIDENT, "20260301_slow.sql"]
@@ -360,7 +360,7 @@ def test_concurrent_runs_never_both_apply(scratch, tmp_path):
     # lock_timeout=1: the second run gives up with a clear message
     (d / "20260302_slower.sql").write_text("CREATE TABLE slower_table (id int);\nSELECT pg_sleep(5);\n")
     args["lock_timeout"] = 1
-    procs = [start_migrate(lab, tmp_path, **args) for _ in range(2)]
+    procs = [start_migrate(lab, tmp_path, **args) for dummy in range(2)]
     results = [_parse(_wait(p)) for p in procs]
     failed = [r for r in results if r.get("failed")]
     ok = [r for r in results if not r.get("failed")]

@@ -270,7 +270,10 @@ def test_matching_checksum_and_foreign_checksum_formats():
 def test_pending_selection_with_names_and_target():
     files = [mf(n, "SELECT 1;") for n in ("001.sql", "002.sql", "003.sql", "004.sql")]
     applied = {"002.sql": m.Record("002.sql")}
-    names = lambda chosen: [f.name for f in chosen]  # noqa: E731
+
+    def names(chosen):
+        return [f.name for f in chosen]
+
     assert names(m.select_files(files, applied, [], None)) == ["001.sql", "003.sql", "004.sql"]
     assert names(m.select_files(files, applied, [], "003.sql")) == ["001.sql", "003.sql"]
     assert names(m.select_files(files, applied, ["004.sql", "002.sql"], None)) == ["004.sql"]
