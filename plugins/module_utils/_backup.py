@@ -976,6 +976,9 @@ class BackupRunner:
             if pumper is not None:
                 pumper.join()
             warnings = check_results(procs.finish(), "pg_dump of database %r" % database)
+            if pump_errors:
+                raise BackupError("pg_dump of database %r: feeding zstd failed (%s); check the zstd "
+                                  "messages" % (database, one_line(pump_errors[0])))
             if nbytes < MIN_BYTES or not bytes(head).startswith(MAGIC[fmt]):
                 raise BackupError(
                     "pg_dump of database %r produced %d bytes without a valid %s header; check the "

@@ -589,3 +589,64 @@ def test_plain_gzip_dump_succeeds_with_marker(monkeypatch, tmp_path):
     partial, _, _, cmd, _ = run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
     assert gzip.decompress(Path(partial).read_bytes()).endswith(b"dump complete\n--\n")
     assert "--format=plain" in cmd
+
+
+# --------------------------------------------------------------------------
+# verification of files against their manifest (no database needed)
+# --------------------------------------------------------------------------
+
+
+def backup_with_manifest(tmp_path, payload):
+    name = bk.backup_name("db", NOW, "plain_gzip")
+    path = tmp_path / name
+    path.write_bytes(payload)
+    manifest = make_manifest(name=name, database="db", bytes=len(payload),
+                             sha256=hashlib.sha256(payload).hexdigest())
+    (tmp_path / (name + bk.MANIFEST_SUFFIX)).write_text(json.dumps(manifest))
+    return path, manifest
+
+
+def runner_for(tmp_path, **params):
+    module = FakeModule(tmp_path, "")
+    module.params.update(dict(action="verify", verify="structure"), **params)
+    return bk.BackupRunner(module)
+
+
+def test_verify_file_levels_on_a_good_gzip_backup(tmp_path):
+    path, manifest = backup_with_manifest(tmp_path, gzip.compress(SQL))
+    runner = runner_for(tmp_path)
+    result = runner._verify_file(str(path), manifest, "structure")
+    assert result["ok"] is True and result["details"]["checked"] == "structure"
+    assert result["details"]["sql_bytes"] == len(SQL)
+    assert runner._verify_file(str(path), manifest, "none")["details"]["checked"] == "none"
+
+
+def test_verify_file_flipped_byte_fails_checksum_then_structure_is_not_trusted(tmp_path):
+    data = bytearray(gzip.compress(SQL))
+    path, manifest = backup_with_manifest(tmp_path, bytes(data))
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    for level in ("checksum", "structure", "restore"):
+        result = runner_for(tmp_path)._verify_file(str(path), manifest, level)
+        assert result["ok"] is False
+        assert result["details"]["failed_level"] == "checksum"
+        assert result["details"]["error"].startswith("checksum mismatch for %s" % path)
+
+
+def test_verify_file_truncated_sql_fails_structure(tmp_path):
+    path, manifest = backup_with_manifest(tmp_path, gzip.compress(SQL[:-300]))
+    result = runner_for(tmp_path)._verify_file(str(path), manifest, "structure")
+    assert result["ok"] is False and result["details"]["failed_level"] == "structure"
+    assert "without '-- PostgreSQL database dump complete'" in result["details"]["error"]
+
+
+def test_verify_action_refuses_files_without_our_manifest(tmp_path):
+    path, _ = backup_with_manifest(tmp_path, gzip.compress(SQL))
+    foreign = tmp_path / "db-20260101T000000Z.sql.gz"
+    foreign.write_bytes(gzip.compress(SQL))
+    with pytest.raises(bk.BackupError, match="missing or unreadable"):
+        runner_for(tmp_path, path=str(foreign)).verify()
+    # a manifest path is accepted in place of the backup path
+    result = runner_for(tmp_path, path=str(path) + bk.MANIFEST_SUFFIX).verify()
+    assert result["changed"] is False and result["verified"]["ok"] is True
+    assert result["path"] == str(path)
