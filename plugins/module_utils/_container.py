@@ -662,6 +662,10 @@ class AppContainer:
         config_bad = env_mismatches(config_env, self.wanted)
 
         if running and env_ok:
+            if self.check_mode:
+                # Steps before this one (a stop, a rename) were only planned:
+                # health now says nothing about health after them.
+                return self.result
             # Already right: only prove it (health + effective env), change nothing.
             self._wait_ready(info, self.clock())
             self._verify_env(self._inspect(), mode, mount_path)
