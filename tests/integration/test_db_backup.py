@@ -172,12 +172,24 @@ def test_manifest_claiming_an_extra_row_fails_restore_verification(lab, run, cus
     assert scratch_dbs(lab) == []
 
 
-def test_plain_gzip_is_standard_gzip_with_matching_sha(run, tmp_path):
+def test_plain_gzip_is_standard_gzip_with_matching_sha_copy_and_prune(run, tmp_path):
     dest = tmp_path / "gz"
+    dest.mkdir(mode=0o700)
+    old = fake_ours(dest, "moncabinet", "moncabinet", "20250101T000000Z")
+    (dest / "moncabinet-20250102T000000Z.sql.gz").write_bytes(b"not ours")
+    offsite = tmp_path / "offsite"
     result = run(database="moncabinet", dest_dir=str(dest), format="plain_gzip", verify="structure",
-                 compression_level=1)
+                 compression_level=1, copy_to=str(offsite), prune=True, retention_days=30, retention_keep=1)
     assert not result.get("failed"), result.get("msg")
     path = Path(result["path"])
+    assert [Path(p).name for p in result["deleted"]] == [old]
+    assert sorted(os.listdir(dest)) == sorted([path.name, path.name + ".manifest.json",
+                                               "moncabinet-20250102T000000Z.sql.gz"])
+    copy = offsite / path.name
+    assert mode(offsite) == 0o700 and mode(copy) == 0o600
+    assert sha256sum(copy) == result["sha256"]
+    copied_manifest = (offsite / (path.name + ".manifest.json")).read_bytes()
+    assert copied_manifest == Path(result["manifest_path"]).read_bytes()
     assert path.name.endswith(".sql.gz")
     assert subprocess.run(["gzip", "-t", str(path)], check=False).returncode == 0
     manifest = json.loads(Path(result["manifest_path"]).read_text())
