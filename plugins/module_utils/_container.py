@@ -589,8 +589,8 @@ class AppContainer:
         if previous is not None:
             raise ContainerError(
                 "container %r does not exist but %s%s does (an interrupted recreate); put it back with "
-                "'docker rename %s%s %s' and retry" % (self.name, self.name, PREVIOUS_SUFFIX,
-                                                        self.name, PREVIOUS_SUFFIX, self.name)
+                "'docker rename %s%s %s' and retry"
+                % (self.name, self.name, PREVIOUS_SUFFIX, self.name, PREVIOUS_SUFFIX, self.name)
             )
         raise ContainerError(
             "container %r not found; this module stops and starts an existing container, create it "
@@ -817,8 +817,8 @@ class AppContainer:
                     logs = " ".join(self.api.logs(cid, tail=3).split())[-300:]
                 raise ContainerError(
                     "container %s exited with code %s before becoming ready%s; fix the app's settings "
-                    "and start it again" % (self.name, state.get("ExitCode"),
-                                             " (last log: %s)" % logs if logs else ""),
+                    "and start it again"
+                    % (self.name, state.get("ExitCode"), " (last log: %s)" % logs if logs else ""),
                     health_status=self.result["health_status"])
             docker_ok = state.get("Running") and (health == "healthy" if want_health else True)
             if docker_ok:
@@ -862,8 +862,8 @@ class AppContainer:
                         detail = _error_summary(json.loads(last_body.decode("utf-8")))
                     except (ValueError, UnicodeDecodeError):
                         detail = last_body[:200].decode("utf-8", "replace")
-                parts.append("%s answered %s%s" % (url, last_code if last_code else "nothing",
-                                                    " (%s)" % detail if detail else ""))
+                answer = last_code if last_code else "nothing"
+                parts.append("%s answered %s%s" % (url, answer, " (%s)" % detail if detail else ""))
         raise ContainerError(
             "%s not ready after %ss: %s" % (self.name, self.params["health_timeout"], "; ".join(parts)),
             health_status=self.result["health_status"], http_status=last_code)

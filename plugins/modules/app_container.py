@@ -130,8 +130,10 @@ seealso:
   - module: community.docker.docker_container
 attributes:
   check_mode:
+    description: Inspects and reports the plan (RV(strategy), RV(would)) without changing the container.
     support: full
   diff_mode:
+    description: The module does not return a diff; see RV(previous_config_diff) and RV(effective_env).
     support: none
 """
 
