@@ -93,8 +93,9 @@ class Renamer:
     """
 
     def __init__(self, cur, count_tables, check_mode=False, terminate_timeout=10.0,
-                 clock=time.monotonic, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep, count_source=False):
         self.cur = cur
+        self.count_source = count_source
         self.count_tables = count_tables
         self.check_mode = check_mode
         self.terminate_timeout = float(terminate_timeout)
@@ -225,6 +226,11 @@ class Renamer:
             )
             return result
 
+        if self.count_source:
+            # Last counts before the rename; nobody can connect once blocked.
+            result["row_counts"] = {
+                table: int(info.get("rows") or 0) for table, info in self.count_tables(name).items()
+            }
         blocked = []
         started = self.clock()
         try:

@@ -50,6 +50,15 @@ options:
         sessions and allows connections again.
     type: float
     default: 10
+  count_rows:
+    description:
+      - Count every table of O(name) exactly, just before connections are
+        blocked, and return the counts as RV(row_counts).
+      - Meant for the moment the app is already stopped, so the counts are
+        the last word before the rename and can be compared with the counts
+        after it.
+    type: bool
+    default: false
 notes:
   - Supports check mode; it reports RV(would_rename), RV(would_drop) and
     RV(would_terminate) without writing anything.
@@ -83,6 +92,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+row_counts:
+  description: With O(count_rows), exact rows per table of O(name) just before the rename.
+  returned: when count_rows is true and the rename ran
+  type: dict
+  sample: {"knowledge_base": 580, "users": 2}
 renamed:
   description: Whether the rename happened in this run.
   returned: always
@@ -186,6 +200,7 @@ class DbRename:
                     self.count_tables,
                     check_mode=self.module.check_mode,
                     terminate_timeout=params["terminate_timeout"],
+                    count_source=params["count_rows"],
                 )
                 result = renamer.run(
                     params["name"], params["target"], params["maintenance_db"],
@@ -204,6 +219,7 @@ def main():
         target=dict(type="str", required=True),
         drop_empty_target=dict(type="bool", default=False),
         terminate_timeout=dict(type="float", default=10.0),
+        count_rows=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     try:

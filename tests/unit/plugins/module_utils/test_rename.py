@@ -307,3 +307,19 @@ def test_object_in_use_is_retried_once():
 def test_describe_rows_limits_and_orders():
     tables = {"a": {"rows": 1}, "b": {"rows": 5}, "c": {"rows": 5}, "d": {"rows": 2}, "e": {"rows": 0}}
     assert rn.describe_rows(tables) == "5 rows in b, 5 in c, 2 in d, 1 more table(s)"
+
+
+def test_count_rows_reads_the_source_before_blocking():
+    server = FakeServer({"moncabinet": True, "postgres": True})
+    r = renamer(server, {"moncabinet": {"knowledge_base": {"rows": 580}, "users": {"rows": 2}}})
+    r.count_source = True
+    result = r.run("moncabinet", "qadhya", "postgres")
+    assert result["row_counts"] == {"knowledge_base": 580, "users": 2}
+    assert result["renamed"] is True
+
+
+def test_count_rows_is_not_taken_when_already_renamed():
+    server = FakeServer({"qadhya": True, "postgres": True})
+    r = renamer(server, {"qadhya": {"knowledge_base": {"rows": 580}}})
+    r.count_source = True
+    assert "row_counts" not in r.run("moncabinet", "qadhya", "postgres")
