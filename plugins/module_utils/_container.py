@@ -567,7 +567,11 @@ class AppContainer:
         path = self.params.get("env_file")
         try:
             with open(path, encoding="utf-8") as handle:
-                return handle.read(), os.stat(path).st_mtime
+                content = handle.read()
+            st = os.stat(path)
+            # ctime too: a file put back with its old mtime (cp -p, a restored backup) is still
+            # newer than the app's start, and ctime cannot be set back
+            return content, max(st.st_mtime, st.st_ctime)
         except OSError as exc:
             raise ContainerError(
                 "cannot read env_file %s on the Docker host (%s); give the path of the app's env file "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -466,6 +467,17 @@ def test_mounted_mode_restarts_when_file_is_newer(tmp_path):
     # rerun: started after the file's last change -> nothing to do
     again = manager(api, params(env_file=str(env))).run()
     assert again["changed"] is False
+
+
+def test_mounted_mode_restored_file_with_old_mtime_still_restarts(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("DB_NAME=moncabinet\n")
+    os.utime(env, (946684800, 946684800))  # mtime 2000-01-01, as a `cp -p` of an old backup
+    info = inspect_doc(mounts=[{"Type": "bind", "Source": str(tmp_path), "Destination": "/config"}])
+    info["State"]["StartedAt"] = "2010-01-01T00:00:00Z"
+    api = FakeAPI([info], env_in_container="DB_NAME=moncabinet\n")
+    result = manager(api, params(env_file=str(env))).run()
+    assert result["action"] == "restarted"
 
 
 def test_mounted_mode_refuses_when_file_lacks_the_values(tmp_path):
