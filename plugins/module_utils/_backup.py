@@ -164,6 +164,13 @@ def table_key(schema, table):
     return table if schema == "public" else "%s.%s" % (schema, table)
 
 
+def key_candidates(key):
+    """Every (schema, table) a manifest key can stand for (names may hold dots)."""
+    pairs = [("public", key)]
+    pairs += [(key[:i], key[i + 1:]) for i, char in enumerate(key) if char == "."]
+    return pairs
+
+
 # --------------------------------------------------------------------------
 # manifests
 
@@ -1055,8 +1062,7 @@ class BackupRunner:
             data_lines = [line for line in entries if " TABLE DATA " in line]
             missing = []
             for key in manifest.get("row_counts") or {}:
-                schema, table = key.rsplit(".", 1) if "." in key else ("public", key)
-                wanted = (" TABLE DATA %s %s " % (schema, table), " TABLE DATA public %s " % key)
+                wanted = [" TABLE DATA %s %s " % pair for pair in key_candidates(key)]
                 if not any(w in line for line in data_lines for w in wanted):
                     missing.append(key)
             if missing:

@@ -104,6 +104,12 @@ def test_table_key():
     assert bk.table_key("audit", "log") == "audit.log"
 
 
+def test_key_candidates_cover_dots_in_names():
+    key = bk.table_key("my schema", "t.1")
+    assert ("my schema", "t.1") in bk.key_candidates(key)
+    assert bk.key_candidates("users") == [("public", "users")]
+
+
 # --------------------------------------------------------------------------
 # manifests
 # --------------------------------------------------------------------------
