@@ -83,7 +83,7 @@ def test_validate_prefix_refuses(prefix):
 
 
 def test_scratch_name_is_short_fresh_and_plain():
-    names = {bk.scratch_name('Très "long"; name ' * 10) for _ in range(20)}
+    names = {bk.scratch_name('Très "long"; name ' * 10) for _attempt in range(20)}
     assert len(names) == 20
     for name in names:
         assert name.startswith("dbops_verify_tr_s_long_name_")
@@ -227,7 +227,7 @@ def test_retention_young_unverified_backups_are_kept():
 
 def test_retention_only_unverified_old_backups_all_go():
     backups = [entry(40, verified=False), entry(41, verified=False)]
-    delete, _ = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    delete, _kept = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
     assert names(delete) == names(backups)
 
 
@@ -241,7 +241,7 @@ def test_retention_days_zero_keeps_protected_new_backup():
 
 def test_retention_exact_cutoff_is_kept():
     backups = [entry(30), entry(30, hours=1), entry(1)]
-    delete, _ = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
+    delete, _kept = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
     assert names(delete) == names([backups[1]])
 
 
@@ -351,7 +351,7 @@ def test_stream_to_partial_writes_private_file_and_hash(tmp_path):
 def test_stream_to_partial_mode_ignores_permissive_umask(tmp_path):
     old = os.umask(0)
     try:
-        partial, _, _ = bk.stream_to_partial(str(tmp_path), "f", [b"x"])
+        partial, _nbytes, _digest = bk.stream_to_partial(str(tmp_path), "f", [b"x"])
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(partial).st_mode) == 0o600
@@ -433,14 +433,14 @@ def test_partial_writes_are_completed(tmp_path):
         def flush(self):
             pass
 
-    partial, nbytes, _ = bk.stream_to_partial(str(tmp_path), "f", [b"0123456789"], wrap=Dribble)
+    partial, nbytes, _digest = bk.stream_to_partial(str(tmp_path), "f", [b"0123456789"], wrap=Dribble)
     assert Path(partial).read_bytes() == b"0123456789" and nbytes == 10
 
 
 def test_commit_partial_never_replaces_an_existing_backup(tmp_path):
     final = tmp_path / "db-x.dump"
     final.write_bytes(b"precious")
-    partial, _, _ = bk.stream_to_partial(str(tmp_path), "db-x.dump", [b"new"])
+    partial, _nbytes, _digest = bk.stream_to_partial(str(tmp_path), "db-x.dump", [b"new"])
     with pytest.raises(bk.BackupError, match="already exists"):
         bk.commit_partial(partial, str(final))
     assert final.read_bytes() == b"precious"
@@ -592,7 +592,7 @@ def test_plain_dump_without_completion_marker_fails(monkeypatch, tmp_path):
 
 def test_plain_gzip_dump_succeeds_with_marker(monkeypatch, tmp_path):
     script = 'printf -- "--\\nCREATE TABLE t();\\n--\\n-- PostgreSQL database dump complete\\n--\\n"'
-    partial, _, _, cmd, _ = run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
+    partial, _nbytes, _digest, cmd, _err = run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
     assert gzip.decompress(Path(partial).read_bytes()).endswith(b"dump complete\n--\n")
     assert "--format=plain" in cmd
 
@@ -647,7 +647,7 @@ def test_verify_file_truncated_sql_fails_structure(tmp_path):
 
 
 def test_verify_action_refuses_files_without_our_manifest(tmp_path):
-    path, _ = backup_with_manifest(tmp_path, gzip.compress(SQL))
+    path, _manifest = backup_with_manifest(tmp_path, gzip.compress(SQL))
     foreign = tmp_path / "db-20260101T000000Z.sql.gz"
     foreign.write_bytes(gzip.compress(SQL))
     with pytest.raises(bk.BackupError, match="missing or unreadable"):
