@@ -23,16 +23,9 @@ import hashlib
 import os
 import re
 import time
-import traceback
 
-PSYCOPG2_IMPORT_ERROR = None
-try:
-    import psycopg2
-    from psycopg2 import sql
-except ImportError:  # pragma: no cover - exercised only without psycopg2
-    psycopg2 = None
-    sql = None
-    PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
+# One guarded import for every module: _connection holds it.
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import psycopg2, sql
 
 LOCK_NAMESPACE = "qadhya.dbops.migrations"
 
