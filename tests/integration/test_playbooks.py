@@ -167,7 +167,7 @@ def test_backup_is_verified_private_and_pruned(lab, inventory, work):
     planned = run("backup.yml", inventory, "--check", "-e", "dbops_backup_retention_keep=1")
     assert planned.returncode == 0, planned.stdout[-3000:]
     assert sorted(p.name for p in backups.iterdir()) == before
-    assert re.search(r"lab-it +planned +moncabinet ", planned.stdout), planned.stdout[-2000:]
+    assert re.search(r"lab-it +planned +moncabinet", planned.stdout), planned.stdout[-2000:]
 
     proc = run("backup.yml", inventory, "-e", "dbops_backup_retention_keep=1")
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -224,7 +224,7 @@ def test_migrate_backs_up_first_then_is_idempotent(lab, inventory, work):
 
     planned = run("migrate.yml", inventory, "--check")
     assert planned.returncode == 0, planned.stdout[-3000:]
-    assert "would apply " + MIGRATION in planned.stdout
+    assert "would apply: " + MIGRATION in planned.stdout
     assert sorted(backups.glob("moncabinet-*.dump")) == dumps_before
     assert lab.psql("moncabinet", "SELECT to_regclass('user_validation_stats') IS NULL") == [["t"]]
 
