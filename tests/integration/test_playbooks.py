@@ -214,8 +214,8 @@ def test_restore_into_new_database_leaves_live_alone(lab, inventory, work):
     refused = run("restore.yml", inventory, "-e", "dbops_restore_target=moncabinet")
     assert refused.returncode != 0
     assert "a live database" in refused.stdout
+    assert report(work, "restore")["result"] == "failed"
     assert count(lab, "moncabinet", "knowledge_base") == 580 and app_identity(lab) == app_before
-    lab.psql("postgres", f'DROP DATABASE "{target}"')
 
 
 def test_migrate_backs_up_first_then_is_idempotent(lab, inventory, work):
@@ -224,7 +224,7 @@ def test_migrate_backs_up_first_then_is_idempotent(lab, inventory, work):
 
     planned = run("migrate.yml", inventory, "--check")
     assert planned.returncode == 0, planned.stdout[-3000:]
-    assert "would apply: " + MIGRATION in planned.stdout
+    assert "would apply: " + MIGRATION in planned.stdout, planned.stdout[-2500:]
     assert sorted(backups.glob("moncabinet-*.dump")) == dumps_before
     assert lab.psql("moncabinet", "SELECT to_regclass('user_validation_stats') IS NULL") == [["t"]]
 
@@ -248,6 +248,25 @@ def test_migrate_backs_up_first_then_is_idempotent(lab, inventory, work):
     assert report(work, "migrate")["result"] == "unchanged"
     after = sorted(backups.glob("moncabinet-*.dump"))
     assert after == sorted(dumps_before + new), "nothing pending, no backup"
+
+
+def test_switch_to_the_restored_copy_as_documented(lab, inventory, work):
+    """docs/playbooks/restore.md: stop the app, move the live database aside, consolidate.yml.
+
+    The copy was restored before the migration: consolidate.yml applies it on the way."""
+    target = next(d for d in databases(lab) if d.startswith("moncabinet_restored_"))
+    lab.docker("stop", lab.app)
+    lab.psql("postgres", 'ALTER DATABASE moncabinet RENAME TO moncabinet_damaged')
+    proc = run("consolidate.yml", inventory,
+               "-e", "dbops_source_db=" + target, "-e", "dbops_target_db=moncabinet")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert target not in databases(lab) and "moncabinet" in databases(lab)
+    assert [count(lab, "moncabinet", t) for t in ("knowledge_base", "users", "web_sources",
+                                                  "user_validation_stats")] == [580, 2, 6, 2]
+    assert re.search(r"^DB_NAME=moncabinet$", lab.env_file.read_text(), re.M)
+    status, body = lab.health()
+    assert status == 200 and body["database"] == "moncabinet" and body["documents"] == 580
+    lab.psql("postgres", "DROP DATABASE moncabinet_damaged")
 
 
 def test_schedule_writes_cron_file_idempotently(inventory, work):
