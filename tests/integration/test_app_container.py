@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -26,8 +25,7 @@ PREVIOUS = ".dbops-previous"
 TIMINGS = {}
 
 
-def docker(*args, check=True):
-    return subprocess.run(["docker", *map(str, args)], capture_output=True, text=True, check=check)
+docker = labkit.docker
 
 
 def inspect(name):
@@ -35,22 +33,10 @@ def inspect(name):
     return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except OSError:
-        return None, None
+http_get = labkit.http_get
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = labkit.free_port
 
 
 def run_module(args, check=False):

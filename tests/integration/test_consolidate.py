@@ -5,12 +5,10 @@ asserted -> rerun is changed=0 -> faults roll back.
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -20,31 +18,12 @@ PLAYBOOK = REPO / "playbooks" / "consolidate.yml"
 
 
 def write_inventory(tmp_path, lab, **extra):
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "dbops_env_file": str(lab.env_file),
-        "dbops_db_container": lab.db,
-        "dbops_app_container": lab.app,
-        "dbops_target_db": "qadhya",
-        "dbops_health_url": lab.health_url,
-        "dbops_backup_dir": str(tmp_path / "backups"),
-        "dbops_migrations_dir": str(REPO / "migrations"),
-        "dbops_report_dir": str(tmp_path / "reports"),
-        **extra,
-    }
-    inv = tmp_path / "inventory.json"
-    inv.write_text(json.dumps({"all": {"hosts": {"lab-it": host}}}))
-    return inv
+    return labkit.write_inventory(tmp_path / "inventory.json",
+                                  {"lab-it": labkit.host_vars(lab.info, tmp_path, **extra)})
 
 
-def run_playbook(inventory, *args, playbook=PLAYBOOK):
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_NOCOLOR": "1"}
-    ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
-    proc = subprocess.run([ansible_playbook, str(playbook), "-i", str(inventory), *args],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False)
-    return proc
+def run_playbook(inventory, *args):
+    return labkit.run_playbook(PLAYBOOK, inventory, *args)
 
 
 def recap(output):

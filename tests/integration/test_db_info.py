@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg2
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -21,38 +20,8 @@ WEIRD = 'we"ird; DROP DATABASE x;--é'
 VOLATILE = ("elapsed_ms", "connections", "size_bytes")
 
 
-def parse_result(stdout):
-    """The host result from the json callback (verbose lines may precede it)."""
-    start = stdout.find("\n{\n") + 1 if not stdout.startswith("{") else 0
-    try:
-        doc = json.loads(stdout[start:])
-    except ValueError:
-        return None
-    result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    result["failed"] = bool(result.get("failed"))
-    return result
-
-
 def run_module(module, args, check=False, verbose=False):
-    """Run one module ad hoc; returns (result dict, full output text)."""
-    cmd = [
-        str(Path(sys.executable).with_name("ansible")),
-        "localhost", "-i", "localhost,", "-c", "local",
-        "-e", "ansible_python_interpreter=%s" % sys.executable,
-        "-m", "qadhya.dbops.%s" % module, "-a", json.dumps(args),
-    ]
-    if check:
-        cmd.append("--check")
-    if verbose:
-        cmd.append("-vvv")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-                               "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
-    output = proc.stdout + proc.stderr
-    result = parse_result(proc.stdout)
-    if result is not None:
-        return result, output
-    pytest.fail("no module result in ansible output:\n" + output)
+    return labkit.run_module(module, args, check=check, verbose=verbose)
 
 
 def container_ip(name):

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -20,32 +19,9 @@ WEIRD_SRC = 'we"ird; DROP DATABASE x;--é'
 WEIRD_DST = 'نهائي "db"; --'
 
 
-def parse_result(stdout):
-    """The host result from the json callback (verbose lines may precede it)."""
-    start = stdout.find("\n{\n") + 1 if not stdout.startswith("{") else 0
-    try:
-        doc = json.loads(stdout[start:])
-    except ValueError:
-        return None
-    result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    result["failed"] = bool(result.get("failed"))
-    return result
-
-
 def run_module(module, args, check=False):
     """Run one module ad hoc; returns the result dict (with `failed`)."""
-    cmd = [str(Path(sys.executable).with_name("ansible")), "localhost", "-i", "localhost,",
-           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-           "-m", "qadhya.dbops.%s" % module, "-a", json.dumps(args)]
-    if check:
-        cmd.append("--check")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-                               "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
-    result = parse_result(proc.stdout)
-    if result is not None:
-        return result
-    pytest.fail("no module result in ansible output:\n" + proc.stdout + proc.stderr)
+    return labkit.run_module(module, args, check=check)[0]
 
 
 def container_ip(name):

@@ -9,12 +9,10 @@ Each playbook: check mode changes nothing -> real run -> real state -> rerun.
 
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -25,25 +23,13 @@ INSTANCE = "itplaybooks"
 MIGRATION = "20260213_kb_validation_gamification.sql"
 
 
-def _conftest(request):
-    """conftest's helpers (LabInstance, run_lab...) as pytest loaded them, without importing it by name."""
-    for plugin in request.config.pluginmanager.get_plugins():
-        if hasattr(plugin, "LabInstance") and hasattr(plugin, "run_lab"):
-            return plugin
-    pytest.fail("tests/integration/conftest.py helpers not found")
-    return None
-
-
 @pytest.fixture(scope="module")
-def lab(request):
+def lab():
     """Our own lab instance in the incident state, removed at the end."""
-    helpers = _conftest(request)
-    if helpers.docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+    if labkit.docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
         pytest.fail("no Docker engine answers; the integration tests need one")
-    helpers.run_lab("up", "--instance", INSTANCE, "--port", helpers.free_port())
-    info = json.loads(helpers.run_lab("env", "--instance", INSTANCE).stdout)
-    yield helpers.LabInstance(info)
-    helpers.run_lab("down", "--instance", INSTANCE, check=False)
+    yield labkit.lab_up(INSTANCE)
+    labkit.run_lab("down", "--instance", INSTANCE, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -53,29 +39,11 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inventory(lab, work):
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "dbops_env_file": str(lab.env_file),
-        "dbops_db_container": lab.db,
-        "dbops_app_container": lab.app,
-        "dbops_target_db": "qadhya",
-        "dbops_health_url": lab.health_url,
-        "dbops_backup_dir": str(work / "backups"),
-        "dbops_migrations_dir": str(REPO / "migrations"),
-        "dbops_report_dir": str(work / "reports"),
-    }
-    inv = work / "inventory.json"
-    inv.write_text(json.dumps({"all": {"hosts": {"lab-it": host}}}))
-    return inv
+    return labkit.write_inventory(work / "inventory.json", {"lab-it": labkit.host_vars(lab.info, work)})
 
 
 def run(playbook, inventory, *args):
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_NOCOLOR": "1"}
-    ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
-    argv = [ansible_playbook, str(PLAYBOOKS / playbook), "-i", str(inventory), *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False)
+    return labkit.run_playbook(PLAYBOOKS / playbook, inventory, *args)
 
 
 def recap(output, host="lab-it"):

@@ -11,10 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import labkit
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -76,22 +75,10 @@ def lab_cmd(*args):
     return proc.stdout
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = labkit.free_port
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except OSError:
-        return None, None
+http_get = labkit.http_get
 
 
 def inspect(name):
