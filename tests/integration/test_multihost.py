@@ -79,7 +79,7 @@ def test_two_hosts_consolidated_in_one_parallel_run(two_labs, tmp_path):
     # The summary, printed once, names both hosts.
     summary = out[out.rindex("TASK [Report | Summary]"):]
     for name in HOSTS:
-        assert re.search(rf"- {name}\s+success\s+moncabinet -> qadhya", summary), summary
+        assert re.search(rf"{name}: SUCCESS\s+moncabinet -> qadhya", summary), summary
 
     # Side by side, not host after host: each phase's play runs once for both
     # hosts (no serial batches) and the per-host work of both hosts shows

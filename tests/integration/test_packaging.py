@@ -198,7 +198,7 @@ def test_consolidate_by_fqcn_from_the_installed_collection(installed, fresh_venv
     assert proc.returncode == 0, "\n".join(failures) + out[-5000:] + proc.stderr[-2000:]
     assert re.search(r"pkg-lab\s+: ok=\d+\s+changed=[1-9]\d*\s+unreachable=0\s+failed=0", out), out[-3000:]
     # The summary table is the last thing printed before the recap.
-    assert re.search(r"pkg-lab\s+success\s+moncabinet -> qadhya", out), out[-3000:]
+    assert re.search(r"pkg-lab: SUCCESS\s+moncabinet -> qadhya", out), out[-3000:]
     assert pkg_lab["db_password"] not in out + proc.stderr
 
     dbs = run(["docker", "exec", pkg_lab["db_container"], "psql", "-U", pkg_lab["db_user"], "-d", "postgres",
