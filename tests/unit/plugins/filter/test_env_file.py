@@ -4,19 +4,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-_COLLECTIONS = Path(__file__).resolve().parents[4] / ".cache" / "collections"
-if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
 
-from ansible.errors import AnsibleFilterError  # noqa: E402
+from ansible.errors import AnsibleFilterError
 
-from ansible_collections.qadhya.dbops.plugins.filter import env_file as filters  # noqa: E402
-from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile  # noqa: E402
+from ansible_collections.qadhya.dbops.plugins.filter import env_file as filters
+from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
 
 PASSWORD = "lab-moncabinet-pw-not-secret"
 

@@ -11,16 +11,12 @@ import hashlib
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 
-_COLLECTIONS = Path(__file__).resolve().parents[4] / ".cache" / "collections"
-if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
 
-from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as bk  # noqa: E402
+from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as bk
 
 UTC = datetime.timezone.utc  # noqa: UP017
 NOW = datetime.datetime(2026, 2, 11, 12, 0, 0, tzinfo=UTC)

@@ -8,16 +8,11 @@ import copy
 import json
 import os
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
-_COLLECTIONS = Path(__file__).resolve().parents[4] / ".cache" / "collections"
-if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
 
-from ansible_collections.qadhya.dbops.plugins.module_utils import _container as ct  # noqa: E402
+from ansible_collections.qadhya.dbops.plugins.module_utils import _container as ct
 
 OLD_ID = "0e9f2966cb31cccc4732fba159ee59a281d53f4cad6510b74e736415c560a3a1"
 NEW_ID = "80c66007a14f8aeae3132cb16d477beaae050a7036bf3a0015c33c018ad9093d"

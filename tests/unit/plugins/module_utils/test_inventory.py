@@ -4,19 +4,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-_COLLECTIONS = Path(__file__).resolve().parents[4] / ".cache" / "collections"
-if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
 
-import psycopg2  # noqa: E402
-from psycopg2 import sql  # noqa: E402
+import psycopg2
+from psycopg2 import sql
 
-from ansible_collections.qadhya.dbops.plugins.module_utils import _inventory as inv  # noqa: E402
+from ansible_collections.qadhya.dbops.plugins.module_utils import _inventory as inv
 
 # --------------------------------------------------------------------------
 # env file

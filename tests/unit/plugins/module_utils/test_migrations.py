@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[4]
-sys.path.insert(0, str(REPO / ".cache" / "collections"))
+from ansible_collections.qadhya.dbops.plugins.module_utils import _migrations as m
 
-from ansible_collections.qadhya.dbops.plugins.module_utils import _migrations as m  # noqa: E402
+REPO = Path(__file__).resolve().parents[4]
 
 
 def mf(name, text):
