@@ -94,3 +94,38 @@ def test_two_hosts_consolidated_in_one_parallel_run(two_labs, tmp_path):
         for body in blocks[name]:
             hosts_seen = set(re.findall(r"^(?:ok|changed): \[(mh\d)", body, re.M))
             assert hosts_seen == set(HOSTS), (name, body)
+
+
+def test_in_batches_a_rolled_back_host_holds_the_next(two_labs, tmp_path):
+    """serial 1 (the production default): the first host fails after its
+    rename and is rolled back; the second host's app is never stopped."""
+    first, second = (two_labs[name] for name in HOSTS)
+    for lab in (first, second):
+        lab.reset()
+    with first.env_file.open("a", encoding="utf-8") as fh:
+        fh.write("LAB_FAIL_ON_DB=qadhya\n")
+    second_app = json.loads(labkit.docker("inspect", second.app).stdout)[0]
+
+    proc = labkit.run_playbook(labkit.REPO / "playbooks" / "consolidate.yml",
+                               write_inventory(tmp_path, two_labs),
+                               "-e", "dbops_serial=1", "-e", "dbops_health_timeout=8")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    assert out.count("PLAY [(3/4)") == 2, "the switch play should run in two batches"
+
+    reports = {p.name.split("-")[0]: json.loads(p.read_text()) for p in (tmp_path / "reports").glob("*.json")}
+    assert reports[HOSTS[0]]["result"] == "rolled_back"
+    assert reports[HOSTS[1]]["result"] == "failed"
+    assert "held" in reports[HOSTS[1]]["message"]
+
+    # The held host kept its data under the old name, its app repointed at
+    # it (before any switch) and never stopped by the switch.
+    status = second.status()
+    assert "moncabinet" in status["databases"] and status["databases"]["moncabinet"]["knowledge_base"] == 580
+    code, body = second.health()
+    assert code == 200 and body["database"] == "moncabinet"
+    after = json.loads(labkit.docker("inspect", second.app).stdout)[0]
+    assert after["Id"] == second_app["Id"]
+    # The rolled-back host is healthy on its old name with every row.
+    code, body = first.health()
+    assert code == 200 and body["database"] == "moncabinet" and body["documents"] == 580
