@@ -4,6 +4,7 @@ Imported by conftest.py (fixtures) and by test files that need their own lab
 instances; tests/integration is on sys.path when pytest collects it.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -84,6 +85,11 @@ class LabInstance:
         self.app = info["app_container"]
         self.env_file = Path(info["env_file"])
         self.health_url = info["health_url"]
+
+    def login_args(self, **extra):
+        """Module arguments reaching this instance's server as its superuser."""
+        return {"db_container": self.db, "login_user": self.info["db_user"],
+                "login_password": self.info["db_password"], **extra}
 
     def psql(self, database, sql):
         """Rows (lists of str) of `sql` run by psql inside the db container."""
@@ -186,3 +192,15 @@ def run_module(module, args, check=False, verbose=False):
     if result is not None:
         return result, output
     pytest.fail("no module result in ansible output:\n" + output)
+
+
+def fake_backup(directory, prefix, database, stamp, verified=True):
+    """A backup + manifest as db_backup writes them (retention reads only the manifest)."""
+    name = "%s-%s.dump" % (prefix, stamp)
+    data = b"PGDMP" + stamp.encode()
+    (directory / name).write_bytes(data)
+    manifest = dict(tool="qadhya.dbops", manifest_version=1, database=database, format="custom", file=name,
+                    bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), row_counts={},
+                    verified=dict(level="structure", ok=verified))
+    (directory / (name + ".manifest.json")).write_text(json.dumps(manifest))
+    return name

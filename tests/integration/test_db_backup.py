@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import labkit
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def test_manifest_claiming_an_extra_row_fails_restore_verification(lab, run, cus
 def test_plain_gzip_is_standard_gzip_with_matching_sha_copy_and_prune(run, tmp_path):
     dest = tmp_path / "gz"
     dest.mkdir(mode=0o700)
-    old = fake_ours(dest, "moncabinet", "moncabinet", "20250101T000000Z")
+    old = labkit.fake_backup(dest, "moncabinet", "moncabinet", "20250101T000000Z")
     (dest / "moncabinet-20250102T000000Z.sql.gz").write_bytes(b"not ours")
     offsite = tmp_path / "offsite"
     result = run(database="moncabinet", dest_dir=str(dest), format="plain_gzip", verify="structure",
@@ -227,25 +227,15 @@ def test_restore_into_new_database_then_idempotent(lab, run, custom_backup):
 # --------------------------------------------------------------------------
 
 
-def fake_ours(directory, prefix, database, stamp, verified=True):
-    """A backup + manifest as the module writes them (retention reads only the manifest)."""
-    name = "%s-%s.dump" % (prefix, stamp)
-    data = b"PGDMP" + stamp.encode()
-    (directory / name).write_bytes(data)
-    manifest = dict(tool="qadhya.dbops", manifest_version=1, database=database, format="custom", file=name,
-                    bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), row_counts={},
-                    verified=dict(level="structure", ok=verified))
-    (directory / (name + ".manifest.json")).write_text(json.dumps(manifest))
-    return name
 
 
 def test_prune_deletes_only_our_old_backups(run, tmp_path):
     dest = tmp_path / "retention"
     dest.mkdir(mode=0o700)
-    old = [fake_ours(dest, "moncabinet", "moncabinet", "2025010%dT000000Z" % d) for d in range(1, 6)]
-    unverified_old = fake_ours(dest, "moncabinet", "moncabinet", "2024120%dT000000Z" % 1, verified=False)
-    other_db = fake_ours(dest, "qadhya", "qadhya", "20200101T000000Z")
-    same_prefix_other_db = fake_ours(dest, "moncabinet", "qadhya", "20200102T000000Z")
+    old = [labkit.fake_backup(dest, "moncabinet", "moncabinet", "2025010%dT000000Z" % d) for d in range(1, 6)]
+    unverified_old = labkit.fake_backup(dest, "moncabinet", "moncabinet", "20241201T000000Z", verified=False)
+    other_db = labkit.fake_backup(dest, "qadhya", "qadhya", "20200101T000000Z")
+    same_prefix_other_db = labkit.fake_backup(dest, "moncabinet", "qadhya", "20200102T000000Z")
     (dest / "moncabinet-20200103T000000Z.dump").write_bytes(b"hand made, no manifest")
     (dest / "notes.txt").write_text("keep me")
     before = sorted(os.listdir(dest))

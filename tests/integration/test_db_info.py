@@ -39,11 +39,6 @@ def pg(lab, dbname="postgres"):
     return conn
 
 
-def base_args(lab, **extra):
-    args = {"db_container": lab.db, "login_user": lab.info["db_user"],
-            "login_password": lab.info["db_password"]}
-    args.update(extra)
-    return args
 
 
 def stable(result):
@@ -59,7 +54,7 @@ def stable(result):
 
 def test_incident_is_diagnosed(lab_instance):
     lab = lab_instance
-    args = base_args(lab, env_file=str(lab.env_file), expected_tables=["user_validation_stats"],
+    args = lab.login_args(env_file=str(lab.env_file), expected_tables=["user_validation_stats"],
                      data_tables=["knowledge_base"])
     checked, _ = run_module("db_info", args, check=True)
     assert checked["changed"] is False
@@ -105,12 +100,12 @@ def test_estimate_and_auto(lab_instance):
     lab = lab_instance
     with pg(lab, "moncabinet") as conn, conn.cursor() as cur:
         cur.execute("ANALYZE")  # statistics only; the estimate needs them
-    est, _ = run_module("db_info", base_args(lab, databases=["moncabinet"], count="estimate"), check=True)
+    est, _ = run_module("db_info", lab.login_args(databases=["moncabinet"], count="estimate"), check=True)
     tables = est["databases"]["moncabinet"]["tables"]
     assert tables["knowledge_base"] == {"rows": 580, "method": "estimate"}
     assert {v["method"] for v in tables.values()} == {"estimate"}
     assert list(est["databases"]) == ["moncabinet"]
-    auto, _ = run_module("db_info", base_args(lab, databases=["moncabinet"], count="auto",
+    auto, _ = run_module("db_info", lab.login_args(databases=["moncabinet"], count="auto",
                                               exact_max_rows=100))
     tables = auto["databases"]["moncabinet"]["tables"]
     assert tables["knowledge_base"]["method"] == "estimate"
@@ -119,7 +114,7 @@ def test_estimate_and_auto(lab_instance):
 
 def test_checksum_stable_then_changes(incident_lab):
     lab = incident_lab
-    args = base_args(lab, databases=["moncabinet"], checksum_tables=["knowledge_base", "public.users"])
+    args = lab.login_args(databases=["moncabinet"], checksum_tables=["knowledge_base", "public.users"])
     first, _ = run_module("db_info", args, check=True)
     second, _ = run_module("db_info", args)
     sums1 = first["databases"]["moncabinet"]["checksums"]
@@ -147,7 +142,7 @@ def test_weird_database_name_listed_and_counted(lab_instance):
             cur.execute('CREATE SCHEMA "sch.ema"; CREATE TABLE "sch.ema"."t; --" (v text);'
                         "INSERT INTO \"sch.ema\".\"t; --\" VALUES ('ا'), ('b'), ('c')")
         wconn.close()
-        args = base_args(lab, databases=[WEIRD, "x"], expected_tables=['"sch.ema"."t; --"', "absent"],
+        args = lab.login_args(databases=[WEIRD, "x"], expected_tables=['"sch.ema"."t; --"', "absent"],
                          checksum_tables=['"sch.ema"."t; --"'])
         result, _ = run_module("db_info", args, check=True)
         info = result["databases"][WEIRD]
@@ -155,7 +150,7 @@ def test_weird_database_name_listed_and_counted(lab_instance):
         assert info["missing_tables"] == ["absent"]
         assert info["checksums"]['sch.ema.t; --']["rows"] == 3
         assert result["data_databases"] == [WEIRD]
-        full, _ = run_module("db_info", base_args(lab))
+        full, _ = run_module("db_info", lab.login_args())
         assert WEIRD in full["databases"] and "x" in full["databases"]
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname IN ('x', %s)", (WEIRD,))
@@ -168,7 +163,7 @@ def test_weird_database_name_listed_and_counted(lab_instance):
 
 
 def test_unknown_database_fails_listing_existing(lab_instance):
-    result, _ = run_module("db_info", base_args(lab_instance, databases=["moncabinet", "nope"]))
+    result, _ = run_module("db_info", lab_instance.login_args(databases=["moncabinet", "nope"]))
     assert result.get("failed") is True
     assert result["msg"] == "database 'nope' does not exist on server; existing: moncabinet, postgres, qadhya"
 
@@ -176,7 +171,7 @@ def test_unknown_database_fails_listing_existing(lab_instance):
 def test_wrong_password_one_clear_line_without_the_password(lab_instance):
     lab = lab_instance
     bad = "Wr0ng-pass-" + "zq7"
-    result, output = run_module("db_info", base_args(lab, login_password=bad), verbose=True)
+    result, output = run_module("db_info", lab.login_args(login_password=bad), verbose=True)
     assert result.get("failed") is True
     ip = container_ip(lab.db)
     assert result["msg"] == (
@@ -187,7 +182,7 @@ def test_wrong_password_one_clear_line_without_the_password(lab_instance):
 
 
 def test_unreadable_env_file(lab_instance, tmp_path):
-    result, _ = run_module("db_info", base_args(lab_instance, env_file=str(tmp_path / "missing.env")))
+    result, _ = run_module("db_info", lab_instance.login_args(env_file=str(tmp_path / "missing.env")))
     assert result.get("failed") is True
     assert result["msg"] == ("env file %s does not exist; check env_file (the path on the Docker host)"
                              % (tmp_path / "missing.env"))

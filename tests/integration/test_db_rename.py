@@ -56,18 +56,13 @@ def rows(lab, dbname, table):
     return query(lab, 'SELECT count(*) FROM "%s"' % table, dbname=dbname)[0][0]
 
 
-def args(lab, **extra):
-    out = {"db_container": lab.db, "login_user": lab.info["db_user"],
-           "login_password": lab.info["db_password"]}
-    out.update(extra)
-    return out
 
 
 def test_consolidate_terminates_renames_and_is_idempotent(incident_lab):
     lab = incident_lab
     holder = pg(lab, "moncabinet", app="it-holder")  # an app session still connected
     idle = pg(lab, "qadhya", app="it-idle")
-    task = args(lab, name="moncabinet", target="qadhya", drop_empty_target=True)
+    task = lab.login_args(name="moncabinet", target="qadhya", drop_empty_target=True)
 
     planned = run_module("db_rename", task, check=True)
     assert planned["changed"] is True and planned["failed"] is False
@@ -104,7 +99,7 @@ def test_consolidate_terminates_renames_and_is_idempotent(incident_lab):
 def test_target_with_data_is_refused_and_both_stay_intact(incident_lab):
     lab = incident_lab
     query(lab, "CREATE TABLE keep (i int); INSERT INTO keep SELECT generate_series(1, 3)", dbname="qadhya")
-    task = args(lab, name="moncabinet", target="qadhya", drop_empty_target=True)
+    task = lab.login_args(name="moncabinet", target="qadhya", drop_empty_target=True)
     expected = ("target database 'qadhya' holds data (3 rows in keep); "
                 "consolidation refused — nothing was changed")
     for check in (True, False):
@@ -117,7 +112,7 @@ def test_target_with_data_is_refused_and_both_stay_intact(incident_lab):
 
 def test_existing_empty_target_needs_drop_empty_target(incident_lab):
     lab = incident_lab
-    result = run_module("db_rename", args(lab, name="moncabinet", target="qadhya"))
+    result = run_module("db_rename", lab.login_args(name="moncabinet", target="qadhya"))
     assert result["failed"] is True
     assert result["msg"] == ("target database 'qadhya' exists (empty); set drop_empty_target: true "
                              "to drop it first — nothing was changed")
@@ -126,11 +121,11 @@ def test_existing_empty_target_needs_drop_empty_target(incident_lab):
 
 def test_refusals_before_anything(incident_lab):
     lab = incident_lab
-    result = run_module("db_rename", args(lab, name="moncabinet", target="qadhya",
+    result = run_module("db_rename", lab.login_args(name="moncabinet", target="qadhya",
                                           maintenance_db="moncabinet"))
     assert result["failed"] is True
     assert result["msg"].startswith("name 'moncabinet' is the maintenance database")
-    result = run_module("db_rename", args(lab, name="gone1", target="gone2"))
+    result = run_module("db_rename", lab.login_args(name="gone1", target="gone2"))
     assert result["failed"] is True
     assert result["msg"] == "neither 'gone1' nor 'gone2' exists on the server; check name and target"
     assert databases(lab) == {"moncabinet": True, "qadhya": True, "postgres": True}
@@ -144,7 +139,7 @@ def test_hostile_names(lab_instance):
             cur.execute("CREATE DATABASE x")  # would vanish if a name were ever executed
             cur.execute('CREATE DATABASE "we""ird; DROP DATABASE x;--é"')
         query(lab, "CREATE TABLE t (v text); INSERT INTO t VALUES ('ا'), ('b')", dbname=WEIRD_SRC)
-        task = args(lab, name=WEIRD_SRC, target=WEIRD_DST)
+        task = lab.login_args(name=WEIRD_SRC, target=WEIRD_DST)
 
         planned = run_module("db_rename", task, check=True)
         assert planned["changed"] is True and planned["would_rename"] is True

@@ -7,7 +7,6 @@ new database, the pending migration behind a backup, and the cron schedule.
 Each playbook: check mode changes nothing -> real run -> real state -> rerun.
 """
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -77,16 +76,6 @@ def app_identity(lab):
     return out
 
 
-def fake_old_backup(directory, database, stamp):
-    """A backup + manifest as db_backup writes them (retention reads only the manifest)."""
-    name = "%s-%s.dump" % (database, stamp)
-    data = b"PGDMP" + stamp.encode()
-    (directory / name).write_bytes(data)
-    manifest = dict(tool="qadhya.dbops", manifest_version=1, database=database, format="custom", file=name,
-                    bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), row_counts={},
-                    verified=dict(level="structure", ok=True))
-    (directory / (name + ".manifest.json")).write_text(json.dumps(manifest))
-    return name
 
 
 def test_check_reports_the_incident(lab, inventory, work):
@@ -126,7 +115,7 @@ def test_backup_is_verified_private_and_pruned(lab, inventory, work):
     lab.set_env("DB_NAME", "moncabinet")
     backups = work / "backups"
     backups.mkdir(mode=0o700)
-    old = fake_old_backup(backups, "moncabinet", "20250101T000000Z")
+    old = labkit.fake_backup(backups, "moncabinet", "moncabinet", "20250101T000000Z")
     foreign = ["notes.txt", "moncabinet-20250102T000000Z.sql.gz"]
     for name in foreign:
         (backups / name).write_text("not a backup of ours")

@@ -1,4 +1,6 @@
-"""Make the checkout importable as ansible_collections.qadhya.dbops for pytest.
+"""Make the checkout importable as ansible_collections.qadhya.dbops for pytest
+(tests/unit itself, holding the shared test helpers, is put on sys.path by
+pytest for this conftest).
 
 `make venv` links the checkout under .cache/collections; ansible-test units
 sets the path up on its own, so this only adds what is missing.

@@ -9,7 +9,7 @@ import pytest
 
 
 import psycopg2
-from psycopg2 import sql
+from sqltext import flatten
 
 from ansible_collections.qadhya.dbops.plugins.module_utils import _inventory as inv
 
@@ -284,21 +284,6 @@ def test_connector_other_failure_names_database(monkeypatch):
 # --------------------------------------------------------------------------
 # one database, fake connection: one count statement, methods reported
 # --------------------------------------------------------------------------
-
-
-def flatten(query):
-    """Readable text of a psycopg2.sql object without a connection."""
-    if isinstance(query, str):
-        return query
-    if isinstance(query, sql.Composed):
-        return "".join(flatten(part) for part in query.seq)
-    if isinstance(query, sql.Identifier):
-        return ".".join('"%s"' % s.replace('"', '""') for s in query.strings)
-    if isinstance(query, sql.Literal):
-        return repr(query.wrapped)
-    if isinstance(query, sql.SQL):
-        return query.string
-    raise TypeError(query)
 
 
 class FakeCursor:

@@ -10,21 +10,9 @@ import pytest
 
 
 import psycopg2
-from psycopg2 import sql
+from sqltext import flatten
 
 from ansible_collections.qadhya.dbops.plugins.module_utils import _rename as rn
-
-
-def flatten(query):
-    if isinstance(query, str):
-        return query
-    if isinstance(query, sql.Composed):
-        return "".join(flatten(part) for part in query.seq)
-    if isinstance(query, sql.Identifier):
-        return ".".join('"%s"' % s.replace('"', '""') for s in query.strings)
-    if isinstance(query, sql.SQL):
-        return query.string
-    raise TypeError(query)
 
 
 IDENT = r'"((?:[^"]|"")*)"'
