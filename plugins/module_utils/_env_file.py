@@ -33,7 +33,8 @@ _LINE_RE = re.compile(
     re.DOTALL,
 )
 # Keys whose values are never shown (diffs, reports, error messages).
-SECRET_KEY_RE = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL|(^|_)KEY$|APIKEY", re.IGNORECASE)
+# Broad on purpose: a key wrongly taken for a secret is only masked.
+SECRET_KEY_RE = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
 MASK = "********"
 
 

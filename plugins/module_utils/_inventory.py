@@ -16,6 +16,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
 from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     ident,
     psycopg2,
@@ -25,8 +26,6 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
 DEFAULT_SCHEMA = "public"
 MIGRATIONS_TABLE = "_migrations"
 COUNT_METHODS = ("exact", "estimate", "auto")
-SECRET_KEY_RE = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
 MASK = "********"
 # Tables counted per statement; keeps a statement reasonable on big schemas.
@@ -43,65 +42,14 @@ class InventoryError(Exception):
 # --------------------------------------------------------------------------
 
 
-def is_secret_key(key):
-    return bool(SECRET_KEY_RE.search(key))
-
-
-def _parse_double_quoted(text):
-    """Value of a "..." string starting after the opening quote, and the rest."""
-    out = []
-    i = 0
-    escapes = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            nxt = text[i + 1]
-            out.append(escapes.get(nxt, "\\" + nxt))
-            i += 2
-            continue
-        if ch == '"':
-            return "".join(out), text[i + 1:]
-        out.append(ch)
-        i += 1
-    return None, None
-
-
-def parse_env_value(raw):
-    """Value of the right-hand side of KEY=VALUE as a shell / dotenv reads it."""
-    value = raw.strip()
-    if value.startswith("'"):
-        end = value.find("'", 1)
-        if end != -1:
-            return value[1:end]
-        return value
-    if value.startswith('"'):
-        parsed, _rest = _parse_double_quoted(value[1:])
-        if parsed is not None:
-            return parsed
-        return value
-    # Unquoted: an inline comment starts at a '#' preceded by whitespace.
-    match = re.search(r"\s#", value)
-    if match:
-        value = value[:match.start()]
-    return value.strip()
+# The env file is read by the same parser that update_env writes with, so
+# the database the inventory reports is the one the app will be given.
+is_secret_key = envfile.is_secret_key
 
 
 def parse_env_text(text):
     """Return {KEY: value} of an env file's text; later lines win."""
-    values = {}
-    text = text.removeprefix("\ufeff")
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        if line.startswith(("export ", "export\t")):
-            line = line[len("export"):].lstrip()
-        key, _sep, rest = line.partition("=")
-        key = key.strip()
-        if not ENV_KEY_RE.match(key):
-            continue
-        values[key] = parse_env_value(rest)
-    return values
+    return envfile.parse(text)
 
 
 def mask_value(value):
