@@ -1,0 +1,140 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The run's undo journal on the Docker host (private).
+
+A run of a playbook that changes things owns one journal file: a JSON
+document with a header (run id, host, who started it, state) and a list of
+entries, one per change, appended by the module that made the change, at
+the moment it made it. The file is rewritten whole on every append (temp
+file 0600, fsync, atomic rename), so a crash leaves either the old or the
+new journal, never half of one, and a rerun knows what the interrupted run
+changed. Rollback reads the entries in reverse.
+
+Entries are plain dicts: ``{"step": <kind>, "at": <UTC time>, ...}`` plus
+whatever the module needs to undo it (``from``/``to`` of a rename, the
+backup of a dropped database, the backup of an env file, ...).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import tempfile
+
+JOURNAL_VERSION = 1
+# Lock file beside the journals: exists while a run of ours is in progress.
+LOCK_NAME = "run.lock"
+
+
+class JournalError(Exception):
+    pass
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_json_atomic(path, document, mode=0o600):
+    """Write `document` to `path` as JSON: temp file `mode`, fsync, rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1, sort_keys=True, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_journal(path):
+    """The journal document at `path`; JournalError naming the problem."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise JournalError("cannot read the run journal %s: %s" % (path, exc)) from None
+    if not isinstance(document, dict) or not isinstance(document.get("entries"), list):
+        raise JournalError("%s is not a run journal of ours (no entries list)" % path)
+    return document
+
+
+def append(path, entry):
+    """Append one entry (a dict with at least "step") to the journal at `path`.
+
+    Returns the entry as written (with its time stamp). A journal that is not
+    there is an error: the run opens it before it changes anything.
+    """
+    if not path:
+        return None
+    if "step" not in entry:
+        raise JournalError("a journal entry needs a 'step'")
+    document = read_journal(path)
+    written = dict(entry, at=entry.get("at") or utc_now())
+    document["entries"].append(written)
+    document["updated_at"] = written["at"]
+    write_json_atomic(path, document)
+    return written
+
+
+class ModuleJournal:
+    """What a module uses: append entries to its `journal` option's file.
+
+    Does nothing when the module got no journal or runs in check mode, so
+    the modules can journal unconditionally. A journal that cannot be
+    written fails the module before it changes anything more: changing what
+    the rollback cannot see would be worse than stopping.
+    """
+
+    def __init__(self, module, option="journal"):
+        self.module = module
+        self.path = None if module.check_mode else module.params.get(option)
+        self.written = []
+
+    def __call__(self, step, **details):
+        if not self.path:
+            return None
+        try:
+            entry = append(self.path, dict(details, step=step))
+        except (JournalError, OSError) as exc:
+            raise JournalError("cannot append to the run journal %s: %s; nothing more was changed"
+                               % (self.path, exc)) from None
+        self.written.append(entry)
+        return entry
+
+
+def journal_argument_spec():
+    return dict(journal=dict(type="path"))
+
+
+def create_exclusive(path, document):
+    """Create `path` holding `document` only when it does not exist (a lock).
+
+    Returns True when created, False when it already existed.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return False
+        raise
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
