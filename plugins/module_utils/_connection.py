@@ -9,6 +9,7 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.qadhya.dbops.plugins.module_utils._docker import DockerError, container_ip
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 
 PSYCOPG2_IMPORT_ERROR = None
 try:
@@ -80,29 +81,70 @@ def resolve_host(module):
         module.fail_json(msg=str(exc))
 
 
+class ConnectError(Exception):
+    """A connection could not be opened; the message is one line, without secrets."""
+
+
+def is_auth_failure(message):
+    text = message.lower()
+    return (
+        "password authentication failed" in text
+        or "no password supplied" in text
+        or "authentication failed for user" in text
+    )
+
+
+class Connector:
+    """The one way the collection opens psycopg2 connections.
+
+    Built from the module's connection options and a resolved host; raises
+    `error` (ConnectError, or a caller's own exception class) with one line
+    naming what failed, so it can also be used from worker threads, where
+    failing the module is not possible.
+    """
+
+    error = ConnectError
+
+    def __init__(self, params, host, application_name="qadhya.dbops", error=None):
+        self.host = host
+        self.port = params["login_port"]
+        self.user = params["login_user"]
+        if error is not None:
+            self.error = error
+        self.kwargs = dict(
+            host=host,
+            port=params["login_port"],
+            user=params["login_user"],
+            connect_timeout=params["connect_timeout"],
+            application_name=application_name,
+        )
+        if params.get("login_password"):
+            self.kwargs["password"] = params["login_password"]
+
+    def open(self, dbname, autocommit=True):
+        try:
+            conn = psycopg2.connect(dbname=dbname, **self.kwargs)
+        except psycopg2.Error as exc:
+            reason = first_line(exc, "connection failed")
+            if is_auth_failure(reason):
+                raise self.error(
+                    "password authentication failed for user '%s' on %s:%s; check "
+                    "login_password / DB_PASSWORD in the env file" % (self.user, self.host, self.port)
+                ) from None
+            raise self.error(
+                "cannot connect to database '%s' on %s:%s as '%s': %s; check the host, the "
+                "credentials and that the database exists"
+                % (dbname, self.host, self.port, self.user, reason)
+            ) from None
+        conn.autocommit = autocommit
+        return conn
+
+
 def connect(module, dbname=None, host=None, autocommit=True):
     """Open a psycopg2 connection; fail the module with a one-line reason."""
     require_psycopg2(module)
-    params = module.params
-    dbname = dbname or params["maintenance_db"]
-    kwargs = dict(
-        host=host or resolve_host(module),
-        port=params["login_port"],
-        user=params["login_user"],
-        dbname=dbname,
-        connect_timeout=params["connect_timeout"],
-        application_name="qadhya.dbops",
-    )
-    if params.get("login_password"):
-        kwargs["password"] = params["login_password"]
+    connector = Connector(module.params, host or resolve_host(module))
     try:
-        conn = psycopg2.connect(**kwargs)
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        module.fail_json(
-            msg="cannot connect to database %r on %s:%s as %r: %s; check the host, "
-            "credentials and that the database exists"
-            % (dbname, kwargs["host"], kwargs["port"], kwargs["user"], first)
-        )
-    conn.autocommit = autocommit
-    return conn
+        return connector.open(dbname or module.params["maintenance_db"], autocommit=autocommit)
+    except ConnectError as exc:
+        module.fail_json(msg=str(exc))

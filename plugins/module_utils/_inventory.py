@@ -16,20 +16,32 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.qadhya.dbops.plugins.module_utils import _connection as connection
 from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
+from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import (
+    DEFAULT_SCHEMA,
+    MIGRATIONS_TABLE,
+    count_rows,
+    counted_tables,
+    holds_data,
+    list_relations,
+    relation_sql,
+    table_key,
+)
 from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     ident,
     psycopg2,
     sql,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 
-DEFAULT_SCHEMA = "public"
-MIGRATIONS_TABLE = "_migrations"
+# Re-exported: db_rename and db_info import them from here.
+__all__ = ["DEFAULT_SCHEMA", "MIGRATIONS_TABLE", "Connector", "InventoryError", "inspect_database",
+           "table_key"]
+
 COUNT_METHODS = ("exact", "estimate", "auto")
 URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
 MASK = "********"
-# Tables counted per statement; keeps a statement reasonable on big schemas.
-COUNT_BATCH = 400
 MIGRATION_ROWS_LIMIT = 1000
 
 
@@ -140,13 +152,6 @@ def split_qualified(name):
     return names[0], names[1]
 
 
-def table_key(schema, table):
-    """Result key of a table: bare name in public, 'schema.table' elsewhere."""
-    if schema == DEFAULT_SCHEMA:
-        return table
-    return "%s.%s" % (schema, table)
-
-
 def choose_method(mode, reltuples, exact_max_rows):
     """'exact' or 'estimate' for one table.
 
@@ -163,18 +168,8 @@ def choose_method(mode, reltuples, exact_max_rows):
 
 
 def decide_has_data(tables, data_tables, ignore=(MIGRATIONS_TABLE,)):
-    """True when the database holds the app's data.
-
-    `tables` maps result keys to {rows, ...}; `data_tables` are result keys
-    (empty: any table except the ignored ones and extension tables).
-    """
-    if data_tables:
-        return any((tables.get(key) or {}).get("rows", 0) > 0 for key in data_tables)
-    return any(
-        info.get("rows", 0) > 0
-        for key, info in tables.items()
-        if key not in ignore and not info.get("extension")
-    )
+    """True when the database holds the app's data (the one rule: _catalog.holds_data)."""
+    return holds_data(tables, data_tables, ignore)
 
 
 def top_tables(tables, limit=3):
@@ -250,57 +245,13 @@ def decide(databases, configured, server_databases, env_given=True):
 # --------------------------------------------------------------------------
 
 
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
+is_auth_failure = connection.is_auth_failure
 
 
-def is_auth_failure(message):
-    text = message.lower()
-    return (
-        "password authentication failed" in text
-        or "no password supplied" in text
-        or "authentication failed for user" in text
-    )
+class Connector(connection.Connector):
+    """The shared connector, raising InventoryError (usable from worker threads)."""
 
-
-class Connector:
-    """Opens psycopg2 connections with the module's connection options.
-
-    Unlike _connection.connect() it raises InventoryError instead of failing
-    the module, so it can be used from worker threads.
-    """
-
-    def __init__(self, params, host):
-        self.host = host
-        self.port = params["login_port"]
-        self.user = params["login_user"]
-        self.kwargs = dict(
-            host=host,
-            port=params["login_port"],
-            user=params["login_user"],
-            connect_timeout=params["connect_timeout"],
-            application_name="qadhya.dbops",
-        )
-        if params.get("login_password"):
-            self.kwargs["password"] = params["login_password"]
-
-    def open(self, dbname, autocommit=True):
-        try:
-            conn = psycopg2.connect(dbname=dbname, **self.kwargs)
-        except psycopg2.OperationalError as exc:
-            reason = _first_line(exc)
-            if is_auth_failure(reason):
-                raise InventoryError(
-                    "password authentication failed for user '%s' on %s:%s; check "
-                    "login_password / DB_PASSWORD in the env file" % (self.user, self.host, self.port)
-                ) from None
-            raise InventoryError(
-                "cannot connect to database '%s' on %s:%s as '%s': %s"
-                % (dbname, self.host, self.port, self.user, reason)
-            ) from None
-        conn.autocommit = autocommit
-        return conn
+    error = InventoryError
 
 
 # --------------------------------------------------------------------------
@@ -320,33 +271,6 @@ SELECT d.datname,
   FROM pg_catalog.pg_database d
  ORDER BY d.datname
 """
-
-# Relations of one database. Partitions are left out (their parent counts
-# them); reltuples of a partitioned parent is the sum over its leaves.
-LIST_RELATIONS = """
-SELECT n.nspname,
-       c.relname,
-       c.relkind,
-       CASE WHEN c.relkind = 'p' THEN
-            (SELECT CASE WHEN bool_or(l.reltuples < 0) THEN -1
-                         ELSE coalesce(sum(l.reltuples), 0) END
-               FROM pg_catalog.pg_partition_tree(c.oid) t
-               JOIN pg_catalog.pg_class l ON l.oid = t.relid
-              WHERE t.isleaf)
-            ELSE c.reltuples END::float8,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_depend dep
-                WHERE dep.classid = 'pg_catalog.pg_class'::regclass
-                  AND dep.objid = c.oid AND dep.deptype = 'e')
-  FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-   AND NOT c.relispartition
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-   AND n.nspname NOT LIKE 'pg\\_toast%'
-   AND n.nspname NOT LIKE 'pg\\_temp\\_%'
- ORDER BY n.nspname, c.relname
-"""
-
 
 def list_databases(cur):
     cur.execute(LIST_DATABASES)
@@ -390,33 +314,22 @@ def select_databases(server, requested):
     return names
 
 
-def _count_statement(tables):
-    parts = [
-        sql.SQL("SELECT {0}::int, count(*) FROM {1}").format(sql.Literal(i), ident(schema, table))
-        for i, (schema, table) in tables
-    ]
-    return sql.SQL(" UNION ALL ").join(parts)
+def count_exact(cur, tables, relations):
+    """{(schema, table): rows}, counted the collection's one way (_catalog.count_rows)."""
+    return count_rows(cur, relations, tables)
 
 
-def count_exact(cur, tables):
-    """{(schema, table): rows} with one statement per COUNT_BATCH tables."""
-    result = {}
-    indexed = list(enumerate(tables))
-    for start in range(0, len(indexed), COUNT_BATCH):
-        batch = indexed[start:start + COUNT_BATCH]
-        cur.execute(_count_statement(batch))
-        for i, rows in cur.fetchall():
-            result[tables[i]] = int(rows)
-    return result
+def checksum_statement(tables, relations):
+    """One statement: index, row count and order-independent hash sum per table.
 
-
-def checksum_statement(tables):
-    """One statement: index, row count and order-independent hash sum per table."""
+    Rows are read the way they are counted (relation_sql), so the count here
+    equals the table's row count.
+    """
     parts = [
         sql.SQL(
             "SELECT {0}::int, count(*), coalesce(sum(pg_catalog.hashtext(_qadhya_row::text)::bigint), 0)"
             " FROM {1} AS _qadhya_row"
-        ).format(sql.Literal(i), ident(schema, table))
+        ).format(sql.Literal(i), relation_sql(schema, table, relations[(schema, table)]["kind"]))
         for i, (schema, table) in enumerate(tables)
     ]
     return sql.SQL(" UNION ALL ").join(parts)
@@ -454,25 +367,19 @@ def inspect_database(conn, options):
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
     try:
         with conn.cursor() as cur:
-            cur.execute(LIST_RELATIONS)
-            relations = {}
-            for schema, table, kind, reltuples, extension in cur.fetchall():
-                relations[(schema, table)] = (kind, reltuples, extension)
-
-            counted = [(key, rel) for key, rel in relations.items() if rel[0] in ("r", "p")]
+            relations = list_relations(cur)
             exact_list = []
             tables = {}
-            for (schema, table), (_kind, reltuples, extension) in counted:
+            for schema, table in counted_tables(relations):
+                reltuples = relations[(schema, table)]["reltuples"]
                 method = choose_method(options["count"], reltuples, options["exact_max_rows"])
                 entry = dict(rows=None, method=method)
-                if extension:
-                    entry["extension"] = True
                 tables[table_key(schema, table)] = entry
                 if method == "exact":
                     exact_list.append((schema, table))
                 else:
                     entry["rows"] = int(round(reltuples))
-            for (schema, table), rows in count_exact(cur, exact_list).items():
+            for (schema, table), rows in count_exact(cur, exact_list, relations).items():
                 tables[table_key(schema, table)]["rows"] = rows
 
             missing = [
@@ -485,7 +392,7 @@ def inspect_database(conn, options):
             present = [t for t in options["checksum"] if t in relations]
             absent = [t for t in options["checksum"] if t not in relations]
             if present:
-                cur.execute(checksum_statement(present))
+                cur.execute(checksum_statement(present, relations))
                 for i, rows, total in cur.fetchall():
                     schema, table = present[i]
                     checksums[table_key(schema, table)] = dict(
@@ -501,7 +408,8 @@ def inspect_database(conn, options):
                 if tables.get(mig_key, {}).get("method") == "exact":
                     migrations["count"] = tables[mig_key]["rows"]
                 else:
-                    cur.execute(sql.SQL("SELECT count(*) FROM {0}").format(ident(mig_schema, mig_table)))
+                    cur.execute(sql.SQL("SELECT count(*) FROM {0}").format(
+                        relation_sql(mig_schema, mig_table, relations[(mig_schema, mig_table)]["kind"])))
                     migrations["count"] = int(cur.fetchone()[0])
                 cur.execute(
                     sql.SQL("SELECT * FROM {0} ORDER BY 1 LIMIT {1}").format(
@@ -537,7 +445,7 @@ def inspect_all(connector, names, options, parallel):
             info = inspect_database(conn, options)
         except psycopg2.Error as exc:
             raise InventoryError(
-                "inspecting database '%s' failed: %s" % (name, _first_line(exc))
+                "inspecting database '%s' failed: %s" % (name, first_line(exc))
             ) from None
         info["elapsed_ms"] = int((time.monotonic() - started) * 1000)
         return info

@@ -33,6 +33,8 @@ author:
   - qadhya platform team (@qadhya)
 extends_documentation_fragment:
   - qadhya.dbops.connection
+  - qadhya.dbops.attributes
+  - qadhya.dbops.attributes.NO_DIFF
 options:
   action:
     description:
@@ -46,6 +48,25 @@ options:
       - Database to back up. Required with O(action=create).
       - With O(action=prune), only backups of this database are considered.
     type: str
+  for_database:
+    description:
+      - With O(action=create), the database name the dumped data serves, recorded in the
+        manifest as C(for_database). A consolidation dumps its source before renaming it to
+        the target name, so that backup is a backup of the target
+        (M(qadhya.dbops.db_backup_info) lists it under either name).
+      - Defaults to O(database).
+    type: str
+    version_added: 0.2.0
+  purpose:
+    description:
+      - With O(action=create), why the backup is taken, recorded in the manifest.
+      - V(dropped_empty_target) marks the dump of an empty database taken just before it is
+        dropped; M(qadhya.dbops.db_backup_info) never reports such a backup as the newest
+        backup of the live database of that name.
+    type: str
+    choices: [manual, scheduled, pre_consolidation, pre_migration, dropped_empty_target]
+    default: manual
+    version_added: 0.2.0
   dest_dir:
     description:
       - Backup directory on the Docker host. Created with mode C(0700) when
@@ -148,6 +169,7 @@ notes:
     (C(docker exec -e PGPASSWORD)), never on a command line.
 seealso:
   - module: qadhya.dbops.db_info
+  - module: qadhya.dbops.db_backup_info
 """
 
 EXAMPLES = r"""
@@ -160,6 +182,16 @@ EXAMPLES = r"""
     dest_dir: /var/backups/qadhya
     verify: restore
   register: backup
+
+- name: Back up the source of a consolidation as a backup of its target name
+  qadhya.dbops.db_backup:
+    db_container: qadhya-postgres
+    login_user: moncabinet
+    login_password: "{{ vault_db_password }}"
+    database: moncabinet
+    for_database: qadhya
+    purpose: pre_consolidation
+    dest_dir: /var/backups/qadhya
 
 - name: Nightly gzip backup with 30-day retention and an off-host copy
   qadhya.dbops.db_backup:
@@ -229,10 +261,22 @@ database:
   returned: when a backup is created, verified or restored
   type: str
   sample: moncabinet
+for_database:
+  description: The database name the backup serves (O(for_database), else the dumped database).
+  returned: when a backup is created or verified
+  type: str
+  sample: qadhya
+purpose:
+  description: Why the backup was taken (O(purpose); C(unknown) for manifests written before 0.2.0).
+  returned: when a backup is created or verified
+  type: str
+  sample: pre_consolidation
 row_counts:
   description:
     - Exact row count of every user table in the dumped snapshot (from the manifest
       for verify and restore). Tables of schema C(public) are named bare, others C(schema.table).
+    - Ordinary and partitioned tables are counted, each once (a partitioned table with the rows
+      of all its partitions, which are not listed); tables owned by an extension are not.
   returned: when a backup is created, verified or restored
   type: dict
   sample: {"knowledge_base": 580, "users": 2, "web_sources": 6}
@@ -307,6 +351,7 @@ cmd:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qadhya.dbops.plugins.module_utils._backup import BackupError, BackupRunner
+from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import PURPOSES
 from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     connection_argument_spec,
     require_psycopg2,
@@ -318,6 +363,8 @@ def argument_spec():
     spec.update(
         action=dict(type="str", choices=["create", "verify", "restore", "prune"], default="create"),
         database=dict(type="str"),
+        for_database=dict(type="str"),
+        purpose=dict(type="str", default="manual", choices=list(PURPOSES)),
         dest_dir=dict(type="path"),
         format=dict(type="str", choices=["custom", "plain_gzip", "plain_zstd"], default="custom"),
         compression_level=dict(type="int", default=6),

@@ -1,6 +1,6 @@
 # Copyright: qadhya.dbops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Units for the pure logic of db_backup: names, manifests, retention, space, streaming."""
+"""Units for db_backup: names, manifests, retention, space, streaming, the dump pipeline."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import pytest
 
 
 from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as bk
+from ansible_collections.qadhya.dbops.plugins.module_utils import _backup_files as bf
+from ansible_collections.qadhya.dbops.plugins.module_utils import _backup_process as bp
+from ansible_collections.qadhya.dbops.plugins.module_utils import _catalog as catalog
 
 UTC = datetime.timezone.utc  # noqa: UP017
 NOW = datetime.datetime(2026, 2, 11, 12, 0, 0, tzinfo=UTC)
@@ -35,22 +38,22 @@ def days_ago(n, hours=0):
 @pytest.mark.parametrize("fmt,ext", [("custom", "dump"), ("plain_gzip", "sql.gz"), ("plain_zstd", "sql.zst")])
 def test_backup_name_round_trip(fmt, ext):
     when = datetime.datetime(2026, 2, 11, 10, 15, 0, 123456, tzinfo=UTC)
-    name = bk.backup_name("moncabinet", when, fmt)
+    name = bf.backup_name("moncabinet", when, fmt)
     assert name == "moncabinet-20260211T101500Z.%s" % ext
-    parsed = bk.parse_name(name)
+    parsed = bf.parse_name(name)
     assert parsed == dict(prefix="moncabinet", when=when.replace(microsecond=0), format=fmt)
 
 
 def test_backup_name_uses_utc_whatever_the_zone():
     paris = datetime.timezone(datetime.timedelta(hours=1))
     when = datetime.datetime(2026, 2, 11, 11, 15, 0, tzinfo=paris)
-    assert bk.backup_name("db", when, "custom") == "db-20260211T101500Z.dump"
+    assert bf.backup_name("db", when, "custom") == "db-20260211T101500Z.dump"
 
 
 @pytest.mark.parametrize("prefix", ["my-db-2026", "base arabe قاعدة", "a.b", "x-20250101T000000Z"])
 def test_parse_name_keeps_odd_prefixes(prefix):
-    name = bk.backup_name(prefix, NOW, "plain_gzip")
-    assert bk.parse_name(name)["prefix"] == prefix
+    name = bf.backup_name(prefix, NOW, "plain_gzip")
+    assert bf.parse_name(name)["prefix"] == prefix
 
 
 @pytest.mark.parametrize("name", [
@@ -63,19 +66,19 @@ def test_parse_name_keeps_odd_prefixes(prefix):
     ".moncabinet-20260211T101500Z.dump.partial-abc",
 ])
 def test_parse_name_rejects_other_files(name):
-    assert bk.parse_name(name) is None
+    assert bf.parse_name(name) is None
 
 
 def test_default_prefix_is_file_name_safe():
-    assert bk.default_prefix("a/b\\c") == "a_b_c"
-    assert bk.default_prefix(".hidden") == "_hidden"
-    assert bk.default_prefix('we"ird; name') == 'we"ird; name'
+    assert bf.default_prefix("a/b\\c") == "a_b_c"
+    assert bf.default_prefix(".hidden") == "_hidden"
+    assert bf.default_prefix('we"ird; name') == 'we"ird; name'
 
 
 @pytest.mark.parametrize("prefix", ["", "a/b", ".x", "nul\x00", "x" * 181])
 def test_validate_prefix_refuses(prefix):
-    with pytest.raises(bk.BackupError, match="name_prefix"):
-        bk.validate_prefix(prefix)
+    with pytest.raises(bf.BackupError, match="name_prefix"):
+        bf.validate_prefix(prefix)
 
 
 def test_scratch_name_is_short_fresh_and_plain():
@@ -89,21 +92,21 @@ def test_scratch_name_is_short_fresh_and_plain():
 
 
 def test_conninfo_dbname_quotes_everything():
-    assert bk.conninfo_dbname("moncabinet") == "dbname='moncabinet'"
-    assert bk.conninfo_dbname("it's a \\ test") == "dbname='it\\'s a \\\\ test'"
+    assert bp.conninfo_dbname("moncabinet") == "dbname='moncabinet'"
+    assert bp.conninfo_dbname("it's a \\ test") == "dbname='it\\'s a \\\\ test'"
     # a name that looks like options or a URI stays a name
-    assert bk.conninfo_dbname("postgres://x host=evil") == "dbname='postgres://x host=evil'"
+    assert bp.conninfo_dbname("postgres://x host=evil") == "dbname='postgres://x host=evil'"
 
 
 def test_table_key():
-    assert bk.table_key("public", "knowledge_base") == "knowledge_base"
-    assert bk.table_key("audit", "log") == "audit.log"
+    assert catalog.table_key("public", "knowledge_base") == "knowledge_base"
+    assert catalog.table_key("audit", "log") == "audit.log"
 
 
 def test_key_candidates_cover_dots_in_names():
-    key = bk.table_key("my schema", "t.1")
-    assert ("my schema", "t.1") in bk.key_candidates(key)
-    assert bk.key_candidates("users") == [("public", "users")]
+    key = catalog.table_key("my schema", "t.1")
+    assert ("my schema", "t.1") in bf.key_candidates(key)
+    assert bf.key_candidates("users") == [("public", "users")]
 
 
 # --------------------------------------------------------------------------
@@ -113,14 +116,14 @@ def test_key_candidates_cover_dots_in_names():
 
 def make_manifest(name="moncabinet-20260211T101500Z.dump", database="moncabinet", verified_ok=True,
                   **over):
-    fmt = bk.parse_name(name)["format"] if bk.parse_name(name) else "custom"
-    manifest = bk.build_manifest(
+    fmt = bf.parse_name(name)["format"] if bf.parse_name(name) else "custom"
+    manifest = bf.build_manifest(
         database=database, server_version="15.18", pg_dump_version="pg_dump (PostgreSQL) 15.18",
         fmt=fmt, level=6, file_name=name, nbytes=1234, sha256="ab" * 32,
         row_counts={"knowledge_base": 580, "users": 2, "web_sources": 6},
         started_at=NOW, finished_at=NOW + datetime.timedelta(seconds=2.5), host="vps1",
         container="qadhya-postgres", encoding="UTF8",
-        verified=dict(level="structure", ok=verified_ok, at=bk.iso(NOW)),
+        verified=dict(level="structure", ok=verified_ok, at=bf.iso(NOW)),
     )
     manifest.update(over)
     return manifest
@@ -134,7 +137,7 @@ def test_build_manifest_fields_and_no_secrets():
     assert manifest["compression"] == {"method": "pg_dump-custom", "level": 6}
     assert manifest["duration_s"] == 2.5
     assert manifest["started_at"] == "2026-02-11T12:00:00.000000Z"
-    text = bk.manifest_bytes(manifest).decode()
+    text = bf.manifest_bytes(manifest).decode()
     assert json.loads(text) == manifest
     for word in ("password", "PGPASSWORD", "postgresql://", "host="):
         assert word not in text
@@ -146,29 +149,29 @@ def test_build_manifest_fields_and_no_secrets():
 
 def test_build_manifest_keeps_unicode_readable():
     manifest = make_manifest(row_counts={"قوانين": 3})
-    assert "قوانين" in bk.manifest_bytes(manifest).decode("utf-8")
+    assert "قوانين" in bf.manifest_bytes(manifest).decode("utf-8")
 
 
 def test_manifest_problem_cases():
     name = "moncabinet-20260211T101500Z.dump"
-    assert bk.manifest_problem(make_manifest(), name) is None
-    assert bk.manifest_problem(make_manifest(), name, database="moncabinet", prefix="moncabinet") is None
-    assert "not written" in bk.manifest_problem(make_manifest(tool="other"), name)
-    assert "manifest_version" in bk.manifest_problem(make_manifest(manifest_version=2), name)
-    assert "describes" in bk.manifest_problem(make_manifest(), "moncabinet-20260211T101501Z.dump")
-    assert "format" in bk.manifest_problem(make_manifest(format="plain_gzip"), name)
-    assert "database" in bk.manifest_problem(make_manifest(), name, database="qadhya")
-    assert "prefix" in bk.manifest_problem(make_manifest(), name, prefix="other")
-    assert bk.manifest_problem([], name) == "not a JSON object"
-    assert bk.manifest_problem(make_manifest(sha256=None), name) == "has no sha256/bytes"
+    assert bf.manifest_problem(make_manifest(), name) is None
+    assert bf.manifest_problem(make_manifest(), name, database="moncabinet", prefix="moncabinet") is None
+    assert "not written" in bf.manifest_problem(make_manifest(tool="other"), name)
+    assert "manifest_version" in bf.manifest_problem(make_manifest(manifest_version=2), name)
+    assert "describes" in bf.manifest_problem(make_manifest(), "moncabinet-20260211T101501Z.dump")
+    assert "format" in bf.manifest_problem(make_manifest(format="plain_gzip"), name)
+    assert "database" in bf.manifest_problem(make_manifest(), name, database="qadhya")
+    assert "prefix" in bf.manifest_problem(make_manifest(), name, prefix="other")
+    assert bf.manifest_problem([], name) == "not a JSON object"
+    assert bf.manifest_problem(make_manifest(sha256=None), name) == "has no sha256/bytes"
 
 
 def test_is_verified():
-    assert bk.is_verified(make_manifest())
-    assert not bk.is_verified(make_manifest(verified_ok=False))
-    assert not bk.is_verified(make_manifest(verified=dict(level="none", ok=None)))
-    assert not bk.is_verified(make_manifest(verified=dict(level="none", ok=True)))
-    assert not bk.is_verified(make_manifest(verified=None))
+    assert bf.is_verified(make_manifest())
+    assert not bf.is_verified(make_manifest(verified_ok=False))
+    assert not bf.is_verified(make_manifest(verified=dict(level="none", ok=None)))
+    assert not bf.is_verified(make_manifest(verified=dict(level="none", ok=True)))
+    assert not bf.is_verified(make_manifest(verified=None))
 
 
 # --------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def test_is_verified():
 
 def entry(age_days, verified=True, prefix="db", hours=0):
     when = days_ago(age_days, hours=hours).replace(microsecond=0)
-    return dict(name=bk.backup_name(prefix, when, "custom"), when=when, verified=verified)
+    return dict(name=bf.backup_name(prefix, when, "custom"), when=when, verified=verified)
 
 
 def names(entries):
@@ -187,21 +190,21 @@ def names(entries):
 
 def test_retention_deletes_only_older_than_cutoff_beyond_keep():
     backups = [entry(d) for d in (0, 1, 2, 3, 4, 5, 6, 7, 40, 50, 60)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    delete, keep = bf.select_prune(backups, NOW, retention_days=30, retention_keep=7)
     assert names(delete) == names(backups[8:])
     assert names(keep) == names(backups[:8])
 
 
 def test_retention_keep_n_protects_old_verified_backups():
     backups = [entry(d) for d in (40, 50, 60, 70)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=2)
+    delete, keep = bf.select_prune(backups, NOW, retention_days=30, retention_keep=2)
     assert names(keep) == names(backups[:2])
     assert names(delete) == names(backups[2:])
 
 
 def test_retention_never_deletes_the_newest_verified_even_with_keep_zero():
     backups = [entry(40), entry(50)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=0)
+    delete, keep = bf.select_prune(backups, NOW, retention_days=30, retention_keep=0)
     assert names(keep) == names([backups[0]])
     assert names(delete) == names([backups[1]])
 
@@ -209,27 +212,27 @@ def test_retention_never_deletes_the_newest_verified_even_with_keep_zero():
 def test_retention_unverified_do_not_count_as_kept_good_backups():
     # newest three are unverified and old: they go, the older verified one stays as last good
     backups = [entry(31, verified=False), entry(32, verified=False), entry(33, verified=False), entry(90)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
+    delete, keep = bf.select_prune(backups, NOW, retention_days=30, retention_keep=1)
     assert names(keep) == names([backups[3]])
     assert names(delete) == names(backups[:3])
 
 
 def test_retention_young_unverified_backups_are_kept():
     backups = [entry(1, verified=False), entry(2, verified=False)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    delete, keep = bf.select_prune(backups, NOW, retention_days=30, retention_keep=7)
     assert delete == []
     assert len(keep) == 2
 
 
 def test_retention_only_unverified_old_backups_all_go():
     backups = [entry(40, verified=False), entry(41, verified=False)]
-    delete, _kept = bk.select_prune(backups, NOW, retention_days=30, retention_keep=7)
+    delete, _kept = bf.select_prune(backups, NOW, retention_days=30, retention_keep=7)
     assert names(delete) == names(backups)
 
 
 def test_retention_days_zero_keeps_protected_new_backup():
     backups = [entry(0, verified=False), entry(0.5)]
-    delete, keep = bk.select_prune(backups, NOW, retention_days=0, retention_keep=0,
+    delete, keep = bf.select_prune(backups, NOW, retention_days=0, retention_keep=0,
                                    protect=(backups[0]["name"],))
     assert names(keep) == names(backups)
     assert delete == []
@@ -237,22 +240,22 @@ def test_retention_days_zero_keeps_protected_new_backup():
 
 def test_retention_exact_cutoff_is_kept():
     backups = [entry(30), entry(30, hours=1), entry(1)]
-    delete, _kept = bk.select_prune(backups, NOW, retention_days=30, retention_keep=1)
+    delete, _kept = bf.select_prune(backups, NOW, retention_days=30, retention_keep=1)
     assert names(delete) == names([backups[1]])
 
 
 def test_retention_refuses_negative_values():
-    with pytest.raises(bk.BackupError):
-        bk.select_prune([], NOW, retention_days=-1, retention_keep=1)
+    with pytest.raises(bf.BackupError):
+        bf.select_prune([], NOW, retention_days=-1, retention_keep=1)
 
 
 def write_backup(directory, prefix, when, database=None, manifest=True, verified=True, **over):
-    name = bk.backup_name(prefix, when, "custom")
+    name = bf.backup_name(prefix, when, "custom")
     path = Path(directory) / name
     path.write_bytes(b"PGDMP" + b"x" * 100)
     if manifest:
         data = make_manifest(name=name, database=database or prefix, verified_ok=verified, **over)
-        Path(str(path) + bk.MANIFEST_SUFFIX).write_text(json.dumps(data))
+        Path(str(path) + bf.MANIFEST_SUFFIX).write_text(json.dumps(data))
     return name
 
 
@@ -265,9 +268,9 @@ def test_scan_backups_recognises_only_ours(tmp_path):
     write_backup(tmp_path, "qadhya", days_ago(93))  # other prefix: not even looked at
     (tmp_path / "notes.txt").write_text("operator notes")
     (tmp_path / "moncabinet.sql.gz").write_bytes(b"\x1f\x8b hand made")
-    os.symlink(tmp_path / mine_new, tmp_path / bk.backup_name("moncabinet", days_ago(100), "custom"))
+    os.symlink(tmp_path / mine_new, tmp_path / bf.backup_name("moncabinet", days_ago(100), "custom"))
 
-    ours, ignored = bk.scan_backups(str(tmp_path), database="moncabinet", prefix="moncabinet")
+    ours, ignored = bf.scan_backups(str(tmp_path), database="moncabinet", prefix="moncabinet")
     assert [e["name"] for e in ours] == [mine_new, mine_old]
     assert [e["verified"] for e in ours] == [True, False]
     assert no_manifest in ignored and foreign_tool in ignored and other_db_same_prefix in ignored
@@ -276,24 +279,24 @@ def test_scan_backups_recognises_only_ours(tmp_path):
 
 def test_scan_backups_manifest_for_another_file_is_not_ours(tmp_path):
     name = write_backup(tmp_path, "db", days_ago(40))
-    other = bk.backup_name("db", days_ago(41), "custom")
+    other = bf.backup_name("db", days_ago(41), "custom")
     (tmp_path / other).write_bytes(b"PGDMP")
     # a copy of a valid manifest renamed next to a foreign file
-    (tmp_path / (other + bk.MANIFEST_SUFFIX)).write_text((tmp_path / (name + bk.MANIFEST_SUFFIX)).read_text())
-    ours, ignored = bk.scan_backups(str(tmp_path), database="db", prefix="db")
+    (tmp_path / (other + bf.MANIFEST_SUFFIX)).write_text((tmp_path / (name + bf.MANIFEST_SUFFIX)).read_text())
+    ours, ignored = bf.scan_backups(str(tmp_path), database="db", prefix="db")
     assert [e["name"] for e in ours] == [name]
     assert ignored == [other]
 
 
 def test_scan_backups_missing_directory(tmp_path):
-    assert bk.scan_backups(str(tmp_path / "nope"), "db", "db") == ([], [])
+    assert bf.scan_backups(str(tmp_path / "nope"), "db", "db") == ([], [])
 
 
 def test_delete_backup_removes_file_and_manifest_only(tmp_path):
     name = write_backup(tmp_path, "db", days_ago(40))
     keep = write_backup(tmp_path, "db", days_ago(1))
-    bk.delete_backup(str(tmp_path / name))
-    assert sorted(os.listdir(tmp_path)) == sorted([keep, keep + bk.MANIFEST_SUFFIX])
+    bf.delete_backup(str(tmp_path / name))
+    assert sorted(os.listdir(tmp_path)) == sorted([keep, keep + bf.MANIFEST_SUFFIX])
 
 
 # --------------------------------------------------------------------------
@@ -302,14 +305,14 @@ def test_delete_backup_removes_file_and_manifest_only(tmp_path):
 
 
 def test_free_space_enough():
-    result = bk.free_space_check("/backups", free=400 * MB, db_size=60 * MB, margin_mb=256)
+    result = bf.free_space_check("/backups", free=400 * MB, db_size=60 * MB, margin_mb=256)
     assert result["ok"] is True
     assert result["need_mb"] == 316.0
     assert "msg" not in result
 
 
 def test_free_space_refusal_message():
-    result = bk.free_space_check("/x", free=12 * MB + 5, db_size=60 * MB, margin_mb=20)
+    result = bf.free_space_check("/x", free=12 * MB + 5, db_size=60 * MB, margin_mb=20)
     assert result["ok"] is False
     assert result["msg"] == (
         "not enough free space in /x: 12 MB free, need ~80 MB (database size 60 MB + margin 20 MB); "
@@ -318,12 +321,12 @@ def test_free_space_refusal_message():
 
 
 def test_free_space_exact_boundary_and_zero_margin():
-    assert bk.free_space_check("/x", free=60 * MB, db_size=60 * MB, margin_mb=0)["ok"] is True
-    assert bk.free_space_check("/x", free=60 * MB - 1, db_size=60 * MB, margin_mb=0)["ok"] is False
+    assert bf.free_space_check("/x", free=60 * MB, db_size=60 * MB, margin_mb=0)["ok"] is True
+    assert bf.free_space_check("/x", free=60 * MB - 1, db_size=60 * MB, margin_mb=0)["ok"] is False
 
 
 def test_free_bytes_of_a_missing_dir_uses_its_parent(tmp_path):
-    assert bk.free_bytes(str(tmp_path / "a" / "b")) == bk.free_bytes(str(tmp_path))
+    assert bf.free_bytes(str(tmp_path / "a" / "b")) == bf.free_bytes(str(tmp_path))
 
 
 # --------------------------------------------------------------------------
@@ -333,13 +336,13 @@ def test_free_bytes_of_a_missing_dir_uses_its_parent(tmp_path):
 
 def test_stream_to_partial_writes_private_file_and_hash(tmp_path):
     chunks = [b"a" * (1 << 20), b"", b"b" * 10]
-    partial, nbytes, sha = bk.stream_to_partial(str(tmp_path), "db-x.dump", iter(chunks))
+    partial, nbytes, sha = bf.stream_to_partial(str(tmp_path), "db-x.dump", iter(chunks))
     assert Path(partial).name.startswith(".db-x.dump.partial-")
     assert nbytes == (1 << 20) + 10
     assert sha == hashlib.sha256(b"".join(chunks)).hexdigest()
     assert stat.S_IMODE(os.stat(partial).st_mode) == 0o600
     final = str(tmp_path / "db-x.dump")
-    bk.commit_partial(partial, final)
+    bf.commit_partial(partial, final)
     assert os.listdir(tmp_path) == ["db-x.dump"]
     assert stat.S_IMODE(os.stat(final).st_mode) == 0o600
 
@@ -347,7 +350,7 @@ def test_stream_to_partial_writes_private_file_and_hash(tmp_path):
 def test_stream_to_partial_mode_ignores_permissive_umask(tmp_path):
     old = os.umask(0)
     try:
-        partial, _nbytes, _digest = bk.stream_to_partial(str(tmp_path), "f", [b"x"])
+        partial, _nbytes, _digest = bf.stream_to_partial(str(tmp_path), "f", [b"x"])
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(partial).st_mode) == 0o600
@@ -358,10 +361,10 @@ def test_stream_error_mid_way_removes_partial(tmp_path):
 
     def chunks():
         yield b"x" * 100
-        raise bk.BackupError("pg_dump died")
+        raise bf.BackupError("pg_dump died")
 
-    with pytest.raises(bk.BackupError, match="pg_dump died"):
-        bk.stream_to_partial(str(tmp_path), "db-new.dump", chunks())
+    with pytest.raises(bf.BackupError, match="pg_dump died"):
+        bf.stream_to_partial(str(tmp_path), "db-new.dump", chunks())
     assert os.listdir(tmp_path) == ["db-old.dump"]
     assert (tmp_path / "db-old.dump").read_bytes() == b"earlier backup"
 
@@ -386,8 +389,8 @@ class FullDisk:
 @pytest.mark.parametrize("on_flush", [False, True])
 def test_enospc_removes_partial_and_says_disk_full(tmp_path, on_flush):
     (tmp_path / "db-old.dump").write_bytes(b"earlier backup")
-    with pytest.raises(bk.BackupError) as info:
-        bk.stream_to_partial(str(tmp_path), "db-new.dump", iter([b"y" * 1000] * 5),
+    with pytest.raises(bf.BackupError) as info:
+        bf.stream_to_partial(str(tmp_path), "db-new.dump", iter([b"y" * 1000] * 5),
                              wrap=lambda raw: FullDisk(raw, 2500, on_flush))
     msg = str(info.value)
     assert msg.startswith("disk full while writing the backup in %s" % tmp_path)
@@ -402,8 +405,8 @@ def test_edquot_is_reported_like_enospc(tmp_path):
         def write(self, data):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
-    with pytest.raises(bk.BackupError, match="disk full"):
-        bk.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Quota(raw, 0))
+    with pytest.raises(bf.BackupError, match="disk full"):
+        bf.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Quota(raw, 0))
     assert os.listdir(tmp_path) == []
 
 
@@ -413,7 +416,7 @@ def test_other_os_errors_propagate_and_clean_up(tmp_path):
             raise OSError(errno.EIO, "I/O error")
 
     with pytest.raises(OSError) as info:
-        bk.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Broken(raw, 0))
+        bf.stream_to_partial(str(tmp_path), "f", [b"x"], wrap=lambda raw: Broken(raw, 0))
     assert info.value.errno == errno.EIO
     assert os.listdir(tmp_path) == []
 
@@ -429,23 +432,23 @@ def test_partial_writes_are_completed(tmp_path):
         def flush(self):
             pass
 
-    partial, nbytes, _digest = bk.stream_to_partial(str(tmp_path), "f", [b"0123456789"], wrap=Dribble)
+    partial, nbytes, _digest = bf.stream_to_partial(str(tmp_path), "f", [b"0123456789"], wrap=Dribble)
     assert Path(partial).read_bytes() == b"0123456789" and nbytes == 10
 
 
 def test_commit_partial_never_replaces_an_existing_backup(tmp_path):
     final = tmp_path / "db-x.dump"
     final.write_bytes(b"precious")
-    partial, _nbytes, _digest = bk.stream_to_partial(str(tmp_path), "db-x.dump", [b"new"])
-    with pytest.raises(bk.BackupError, match="already exists"):
-        bk.commit_partial(partial, str(final))
+    partial, _nbytes, _digest = bf.stream_to_partial(str(tmp_path), "db-x.dump", [b"new"])
+    with pytest.raises(bf.BackupError, match="already exists"):
+        bf.commit_partial(partial, str(final))
     assert final.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["db-x.dump"]
 
 
 def test_write_atomic_replaces_manifest(tmp_path):
-    bk.write_atomic(str(tmp_path), "m.json", b"one")
-    bk.write_atomic(str(tmp_path), "m.json", b"two")
+    bf.write_atomic(str(tmp_path), "m.json", b"one")
+    bf.write_atomic(str(tmp_path), "m.json", b"two")
     assert (tmp_path / "m.json").read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["m.json"]
     assert stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode) == 0o600
@@ -453,14 +456,14 @@ def test_write_atomic_replaces_manifest(tmp_path):
 
 def test_ensure_dir_creates_0700_and_respects_check_mode(tmp_path):
     target = tmp_path / "a" / "backups"
-    assert bk.ensure_dir(str(target), check_mode=True) is True
+    assert bf.ensure_dir(str(target), check_mode=True) is True
     assert not target.exists()
-    assert bk.ensure_dir(str(target)) is True
+    assert bf.ensure_dir(str(target)) is True
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
-    assert bk.ensure_dir(str(target)) is False
+    assert bf.ensure_dir(str(target)) is False
     (tmp_path / "file").write_text("x")
-    with pytest.raises(bk.BackupError, match="not a directory"):
-        bk.ensure_dir(str(tmp_path / "file"))
+    with pytest.raises(bf.BackupError, match="not a directory"):
+        bf.ensure_dir(str(tmp_path / "file"))
 
 
 # --------------------------------------------------------------------------
@@ -472,14 +475,14 @@ SQL = b"--\n-- PostgreSQL database dump\n--\nCREATE TABLE t();\n" + b"-- filler\
 
 
 def test_gzip_chunks_produce_standard_gzip_and_track_marker():
-    tail = bk.Tail()
-    data = b"".join(bk.gzip_chunks(iter([SQL[:1000], SQL[1000:]]), 6, tail))
+    tail = bf.Tail()
+    data = b"".join(bf.gzip_chunks(iter([SQL[:1000], SQL[1000:]]), 6, tail))
     assert gzip.decompress(data) == SQL
     assert tail.total == len(SQL) and tail.complete()
 
 
 def test_tail_without_marker_is_incomplete():
-    tail = bk.Tail()
+    tail = bf.Tail()
     for part in (SQL[:100], SQL[100:-200]):
         tail.feed(part)
     assert not tail.complete()
@@ -487,35 +490,35 @@ def test_tail_without_marker_is_incomplete():
 
 def test_gunzip_chunks_detects_damage():
     data = bytearray(gzip.compress(SQL))
-    assert b"".join(bk.gunzip_chunks([bytes(data)])) == SQL
-    with pytest.raises(bk.BackupError, match="truncated"):
-        list(bk.gunzip_chunks([bytes(data[: len(data) // 2])]))
+    assert b"".join(bf.gunzip_chunks([bytes(data)])) == SQL
+    with pytest.raises(bf.BackupError, match="truncated"):
+        list(bf.gunzip_chunks([bytes(data[: len(data) // 2])]))
     flipped = bytearray(data)
     flipped[len(flipped) // 2] ^= 0xFF
-    with pytest.raises(bk.BackupError, match="corrupt"):
-        list(bk.gunzip_chunks([bytes(flipped)]))
-    with pytest.raises(bk.BackupError, match="trailing"):
-        list(bk.gunzip_chunks([bytes(data) + b"junk"]))
+    with pytest.raises(bf.BackupError, match="corrupt"):
+        list(bf.gunzip_chunks([bytes(flipped)]))
+    with pytest.raises(bf.BackupError, match="trailing"):
+        list(bf.gunzip_chunks([bytes(data) + b"junk"]))
 
 
 def test_compare_counts_names_tables():
     expected = {"knowledge_base": 581, "users": 2, "gone": 1}
-    diffs = bk.compare_counts(expected, {"knowledge_base": 580, "users": 2, "extra": 0})
+    diffs = bf.compare_counts(expected, {"knowledge_base": 580, "users": 2, "extra": 0})
     assert diffs == [("extra", None, 0), ("gone", 1, None), ("knowledge_base", 581, 580)]
-    text = bk.describe_diffs(diffs)
+    text = bf.describe_diffs(diffs)
     assert "table knowledge_base: manifest 581 rows, restored 580 rows" in text
     assert "table gone: manifest 1 rows, restored absent" in text
-    assert bk.compare_counts({"a": 1}, {"a": 1}) == []
+    assert bf.compare_counts({"a": 1}, {"a": 1}) == []
 
 
 def test_check_results_rc_and_error_lines():
     ok = [("pg_dump", 0, "", ["pg_dump"])]
-    assert bk.check_results(ok, "dump") == []
-    with pytest.raises(bk.BackupError, match=r"rc=1: pg_dump: error: connection .* failed"):
-        bk.check_results([("pg_dump", 1, "pg_dump: error: connection to server failed\n", ["x"])], "dump")
-    with pytest.raises(bk.BackupError, match="although it exited 0"):
-        bk.check_results([("pg_dump", 0, "pg_dump: error: query failed: ERROR: x\n", ["x"])], "dump")
-    warnings = bk.check_results([("zstd", 0, "zstd: note: something\n", ["x"])], "dump")
+    assert bp.check_results(ok, "dump") == []
+    with pytest.raises(bf.BackupError, match=r"rc=1: pg_dump: error: connection .* failed"):
+        bp.check_results([("pg_dump", 1, "pg_dump: error: connection to server failed\n", ["x"])], "dump")
+    with pytest.raises(bf.BackupError, match="although it exited 0"):
+        bp.check_results([("pg_dump", 0, "pg_dump: error: query failed: ERROR: x\n", ["x"])], "dump")
+    warnings = bp.check_results([("zstd", 0, "zstd: note: something\n", ["x"])], "dump")
     assert warnings == ["zstd: zstd: note: something"]
 
 
@@ -551,9 +554,9 @@ def fake_exec(script):
 
 
 def run_dump(monkeypatch, tmp_path, script, fmt="custom"):
-    monkeypatch.setattr(bk, "exec_argv", fake_exec(script))
-    runner = bk.BackupRunner(FakeModule(tmp_path, script))
-    return runner._dump("moncabinet", fmt, 6, "00000003-1", str(tmp_path), "moncabinet-x.dump", None)
+    monkeypatch.setattr(bp, "exec_argv", fake_exec(script))
+    tools = bp.PgTools(FakeModule(tmp_path, script), "db", "u", "s3cret")
+    return tools.dump("moncabinet", fmt, 6, "00000003-1", str(tmp_path), "moncabinet-x.dump", None)
 
 
 def test_dump_success_returns_partial_and_cmd_without_password(monkeypatch, tmp_path):
@@ -574,14 +577,14 @@ def test_dump_success_returns_partial_and_cmd_without_password(monkeypatch, tmp_
     ('printf "NOTADUMP%0100d" 0', "without a valid custom header"),
 ])
 def test_dump_failures_leave_no_file(monkeypatch, tmp_path, script, match):
-    with pytest.raises(bk.BackupError, match=match):
+    with pytest.raises(bf.BackupError, match=match):
         run_dump(monkeypatch, tmp_path, script)
     assert os.listdir(tmp_path) == []
 
 
 def test_plain_dump_without_completion_marker_fails(monkeypatch, tmp_path):
     script = 'printf -- "--\\n-- PostgreSQL database dump\\n--\\nCREATE TABLE t();\\n%%0200d" 0'
-    with pytest.raises(bk.BackupError, match="ended without '-- PostgreSQL database dump complete'"):
+    with pytest.raises(bf.BackupError, match="ended without '-- PostgreSQL database dump complete'"):
         run_dump(monkeypatch, tmp_path, script, fmt="plain_gzip")
     assert os.listdir(tmp_path) == []
 
@@ -599,12 +602,12 @@ def test_plain_gzip_dump_succeeds_with_marker(monkeypatch, tmp_path):
 
 
 def backup_with_manifest(tmp_path, payload):
-    name = bk.backup_name("db", NOW, "plain_gzip")
+    name = bf.backup_name("db", NOW, "plain_gzip")
     path = tmp_path / name
     path.write_bytes(payload)
     manifest = make_manifest(name=name, database="db", bytes=len(payload),
                              sha256=hashlib.sha256(payload).hexdigest())
-    (tmp_path / (name + bk.MANIFEST_SUFFIX)).write_text(json.dumps(manifest))
+    (tmp_path / (name + bf.MANIFEST_SUFFIX)).write_text(json.dumps(manifest))
     return path, manifest
 
 
@@ -646,9 +649,9 @@ def test_verify_action_refuses_files_without_our_manifest(tmp_path):
     path, _manifest = backup_with_manifest(tmp_path, gzip.compress(SQL))
     foreign = tmp_path / "db-20260101T000000Z.sql.gz"
     foreign.write_bytes(gzip.compress(SQL))
-    with pytest.raises(bk.BackupError, match="missing or unreadable"):
+    with pytest.raises(bf.BackupError, match="missing or unreadable"):
         runner_for(tmp_path, path=str(foreign)).verify()
     # a manifest path is accepted in place of the backup path
-    result = runner_for(tmp_path, path=str(path) + bk.MANIFEST_SUFFIX).verify()
+    result = runner_for(tmp_path, path=str(path) + bf.MANIFEST_SUFFIX).verify()
     assert result["changed"] is False and result["verified"]["ok"] is True
     assert result["path"] == str(path)

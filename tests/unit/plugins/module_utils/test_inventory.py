@@ -277,7 +277,8 @@ def test_connector_other_failure_names_database(monkeypatch):
     with pytest.raises(inv.InventoryError) as err:
         inv.Connector(PARAMS, "h").open("x")
     assert str(err.value) == (
-        "cannot connect to database 'x' on h:5432 as 'moncabinet': FATAL:  database \"x\" does not exist"
+        "cannot connect to database 'x' on h:5432 as 'moncabinet': FATAL:  database \"x\" does not exist; "
+        "check the host, the credentials and that the database exists"
     )
 
 
@@ -362,8 +363,10 @@ def test_inspect_database_counts_in_one_snapshot_and_one_statement():
         ("audit", "events", "p", 50.0, False),
         ("public", "v_badges", "v", 0.0, False),
     ]
-    counts = {'"public"."_migrations"': 1, '"public"."knowledge_base"': 580,
-              '"public"."fresh"': 9, '"audit"."events"': 51}
+    # Ordinary tables are counted ONLY (an inheritance child is its own
+    # table); a partitioned parent as a whole (its partitions are not listed).
+    counts = {'ONLY "public"."_migrations"': 1, 'ONLY "public"."knowledge_base"': 580,
+              'ONLY "public"."fresh"': 9, '"audit"."events"': 51}
     when = datetime.datetime(2026, 2, 13, 10, 0, tzinfo=datetime.UTC)
     cur = FakeCursor(relations, counts, migrations=[("20260213_x.sql", when)])
     conn = FakeConn(cur)
