@@ -18,7 +18,7 @@ attributes:
     INFO = r"""
 attributes:
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    description: Returns details on what has changed (or would change in check mode) with --diff.
     support: none
     details: The module changes nothing, so there is no diff.
 """
@@ -27,7 +27,7 @@ attributes:
     NO_DIFF = r"""
 attributes:
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    description: Returns details on what has changed (or would change in check mode) with --diff.
     support: none
 """
 
@@ -35,7 +35,7 @@ attributes:
     DIFF = r"""
 attributes:
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    description: Returns details on what has changed (or would change in check mode) with --diff.
     support: full
 """
 

@@ -23,6 +23,11 @@ def plan_consolidation(info, target, source="", ignore=("postgres",)):
     """Pure decision; raises ValueError with a one-line message when unsafe."""
     if not target:
         raise ValueError("dbops_target_db is empty; set the name the data must end under")
+    for option, name in (("dbops_target_db", target), ("dbops_source_db", source)):
+        # PostgreSQL would silently cut a longer name and act on another one.
+        if len((name or "").encode("utf-8")) > 63:
+            raise ValueError("%s %r is %d bytes long; PostgreSQL names hold at most 63 bytes — choose a "
+                             "shorter name" % (option, name, len(name.encode("utf-8"))))
     databases = info.get("databases") or {}
     holders = [d for d in (info.get("data_databases") or []) if d not in ignore]
     configured = info.get("configured_database")

@@ -537,8 +537,11 @@ class AppContainer:
     it is injected so the logic can be tested without a network.
     """
 
-    def __init__(self, params, api, http_get, check_mode=False, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, params, api, http_get, check_mode=False, clock=time.monotonic, sleep=time.sleep,
+                 journal=None):
         self.params = params
+        # journal(step, **details) records each change just before it is made.
+        self.journal = journal or (lambda step, **details: None)
         self.api = api
         self.http_get = http_get
         self.check_mode = check_mode
@@ -622,6 +625,7 @@ class AppContainer:
             self.result["would"] = "stopped"
             return self.result
         begin = self.clock()
+        self.journal("app_stop", container=self.name, id=info["Id"])
         self.api.stop(info["Id"], self.params["stop_timeout"])
         self.result["elapsed_s"] = round(self.clock() - begin, 3)
         self._mark("stop", begin)
@@ -697,6 +701,8 @@ class AppContainer:
             self.result["effective_env"] = masked(
                 {key: config_env.get(key) for key in self.wanted}) if mode == "created" else {}
             return self.result
+        self.journal("app_" + ("recreate" if chosen == "recreate" else "start"), container=self.name,
+                     id=info["Id"], action=action, was_running=running, env=masked(self.wanted))
         if chosen == "recreate":
             return self._recreate(info, running, mode, mount_path)
         begin = self.clock()

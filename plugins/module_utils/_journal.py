@@ -17,6 +17,7 @@ backup of a dropped database, the backup of an env file, ...).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
@@ -33,7 +34,7 @@ class JournalError(Exception):
 
 
 def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: UP017 - targets may run Python < 3.11
 
 
 def write_json_atomic(path, document, mode=0o600):
@@ -49,10 +50,8 @@ def write_json_atomic(path, document, mode=0o600):
             os.fsync(handle.fileno())
         os.rename(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

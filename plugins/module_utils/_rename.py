@@ -22,6 +22,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     sql,
     validate_identifier,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._journal import JournalError
 
 DB_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
 POLL_INTERVAL = 0.02
@@ -42,7 +43,15 @@ SIGNAL_PIDS = "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM unnest(%s::
 
 
 class RenameError(Exception):
-    """A refusal or failure; the message is one clear line, safe to show."""
+    """A refusal or failure; the message is one clear line, safe to show.
+
+    `result` is what was done before the failure (renamed, dropped_target,
+    blocked, actions), so the caller's undo journal and rollback need not guess.
+    """
+
+    def __init__(self, message, result=None):
+        super().__init__(message)
+        self.result = result or {}
 
 
 def validate_names(name, target, maintenance_db):
@@ -93,8 +102,14 @@ class Renamer:
     """
 
     def __init__(self, cur, count_tables, check_mode=False, terminate_timeout=10.0,
-                 clock=time.monotonic, sleep=time.sleep, count_source=False):
+                 clock=time.monotonic, sleep=time.sleep, count_source=False, journal=None,
+                 target_backup=None):
         self.cur = cur
+        # journal(step, **details) records each change just before it is
+        # made: a crash between the two leaves an entry whose undo finds
+        # nothing to do, never a change the rollback does not know about.
+        self.journal = journal or (lambda step, **details: None)
+        self.target_backup = target_backup
         self.count_source = count_source
         self.count_tables = count_tables
         self.check_mode = check_mode
@@ -234,6 +249,7 @@ class Renamer:
         blocked = []
         started = self.clock()
         try:
+            self.journal("db_block", databases=dbs)
             for db in dbs:
                 self._allow(db, False)
                 blocked.append(db)
@@ -242,10 +258,12 @@ class Renamer:
             result["terminated"] = len(self.signalled)
             self.actions.append("ended %d session(s)" % len(self.signalled))
             if drop:
+                self.journal("db_drop", database=target, backup=self.target_backup)
                 self._in_use_retry(sql.SQL("DROP DATABASE {0}").format(ident(target)), dbs)
                 blocked.remove(target)
                 result["dropped_target"] = True
                 self.actions.append("dropped the empty database '%s'" % target)
+            self.journal("db_rename", **{"from": name, "to": target})
             self._in_use_retry(
                 sql.SQL("ALTER DATABASE {0} RENAME TO {1}").format(ident(name), ident(target)), [name]
             )
@@ -255,34 +273,41 @@ class Renamer:
             self._allow(target, True)
             blocked = []
             self.actions.append("allowed connections to '%s'" % target)
-        except (RenameError,) + DB_ERRORS as exc:
+        except (RenameError, JournalError) + DB_ERRORS as exc:
             result["terminated"] = len(self.signalled)
+            result["blocked"] = list(blocked)
             restored = self._restore(blocked)
+            result["blocked"] = [db for db in blocked if db not in restored]
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             done = "; ".join(self.actions) or "nothing"
             raise RenameError(
                 "renaming '%s' to '%s' failed: %s (done: %s%s)"
-                % (name, target, reason, done, restored)
+                % (name, target, reason, done, restored_text(restored, result["blocked"])),
+                result,
             ) from None
         finally:
             result["blocked_ms"] = int((self.clock() - started) * 1000)
         return result
 
     def _restore(self, blocked):
+        """Allow connections again on `blocked`; returns the ones it could."""
         restored = []
-        failed = []
         for db in blocked:
             try:
                 self._allow(db, True)
                 restored.append(db)
             except DB_ERRORS:
-                failed.append(db)
-        text = ""
-        if restored:
-            text += "; connections allowed again on %s" % ", ".join("'%s'" % d for d in restored)
-        if failed:
-            text += (
-                "; could NOT allow connections again on %s: run ALTER DATABASE ... WITH "
-                "ALLOW_CONNECTIONS true" % ", ".join("'%s'" % d for d in failed)
-            )
-        return text
+                pass
+        return restored
+
+
+def restored_text(restored, failed):
+    text = ""
+    if restored:
+        text += "; connections allowed again on %s" % ", ".join("'%s'" % d for d in restored)
+    if failed:
+        text += (
+            "; could NOT allow connections again on %s: run ALTER DATABASE ... WITH "
+            "ALLOW_CONNECTIONS true" % ", ".join("'%s'" % d for d in failed)
+        )
+    return text

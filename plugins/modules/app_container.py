@@ -128,13 +128,10 @@ requirements:
   - Access to the Docker Engine socket on the host the module runs on.
 seealso:
   - module: community.docker.docker_container
-attributes:
-  check_mode:
-    description: Inspects and reports the plan (RV(strategy), RV(would)) without changing the container.
-    support: full
-  diff_mode:
-    description: The module does not return a diff; see RV(previous_config_diff) and RV(effective_env).
-    support: none
+extends_documentation_fragment:
+  - qadhya.dbops.attributes
+  - qadhya.dbops.attributes.NO_DIFF
+  - qadhya.dbops.attributes.JOURNAL
 """
 
 EXAMPLES = r"""
@@ -246,6 +243,11 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._container import (
     DockerAPI,
     DockerAPIError,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
+    JournalError,
+    ModuleJournal,
+    journal_argument_spec,
+)
 
 try:
     from urllib.error import HTTPError
@@ -267,6 +269,7 @@ def argument_spec():
         validate_certs=dict(type="bool", default=True),
         allow_anonymous_volumes=dict(type="bool", default=False),
         docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
+        **journal_argument_spec()
     )
 
 
@@ -306,7 +309,8 @@ def main():
         api = DockerAPI(params.get("docker_host"))
     except DockerAPIError as exc:
         module.fail_json(msg=str(exc))
-    manager = AppContainer(params, api, HealthProbe(params["validate_certs"]), check_mode=module.check_mode)
+    manager = AppContainer(params, api, HealthProbe(params["validate_certs"]), check_mode=module.check_mode,
+                           journal=ModuleJournal(module))
     try:
         result = manager.run()
     except ContainerError as exc:
@@ -316,6 +320,8 @@ def main():
     except DockerAPIError as exc:
         module.fail_json(msg="Docker engine error on container %s: %s" % (params["name"], exc),
                          **manager.result)
+    except JournalError as exc:
+        module.fail_json(msg=str(exc), **manager.result)
     warnings = result.pop("warnings", [])
     for warning in warnings:
         module.warn(warning)

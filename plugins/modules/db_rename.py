@@ -25,6 +25,9 @@ author:
   - qadhya platform team (@qadhya)
 extends_documentation_fragment:
   - qadhya.dbops.connection
+  - qadhya.dbops.attributes
+  - qadhya.dbops.attributes.NO_DIFF
+  - qadhya.dbops.attributes.JOURNAL
 options:
   name:
     description:
@@ -59,7 +62,14 @@ options:
         after it.
     type: bool
     default: false
+  target_backup:
+    description:
+      - The verified backup of the empty O(target), recorded in the journal entry of its drop so
+        that a rollback can restore it.
+    type: path
 notes:
+  - The module's failure result still says what was done (RV(renamed), RV(dropped_target),
+    RV(blocked)), and with O(journal) each change was recorded just before it was made.
   - Supports check mode; it reports RV(would_rename), RV(would_drop) and
     RV(would_terminate) without writing anything.
   - The role needs to own the databases (or be superuser), plus superuser or
@@ -107,6 +117,11 @@ dropped_target:
   returned: always
   type: bool
   sample: true
+blocked:
+  description: Databases left with connections blocked after a failure (empty when all were allowed again).
+  returned: on failure after connections were blocked
+  type: list
+  elements: str
 terminated:
   description: Number of sessions that were signalled to end.
   returned: always
@@ -163,6 +178,10 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     InventoryError,
     inspect_database,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
+    ModuleJournal,
+    journal_argument_spec,
+)
 from ansible_collections.qadhya.dbops.plugins.module_utils._rename import (
     DB_ERRORS,
     RenameError,
@@ -201,6 +220,8 @@ class DbRename:
                     check_mode=self.module.check_mode,
                     terminate_timeout=params["terminate_timeout"],
                     count_source=params["count_rows"],
+                    journal=ModuleJournal(self.module),
+                    target_backup=params.get("target_backup"),
                 )
                 result = renamer.run(
                     params["name"], params["target"], params["maintenance_db"],
@@ -220,11 +241,15 @@ def main():
         drop_empty_target=dict(type="bool", default=False),
         terminate_timeout=dict(type="float", default=10.0),
         count_rows=dict(type="bool", default=False),
+        target_backup=dict(type="path"),
     )
+    argument_spec.update(journal_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
         result = DbRename(module).run()
-    except (InventoryError, RenameError) as exc:
+    except RenameError as exc:
+        module.fail_json(msg=str(exc), **exc.result)
+    except InventoryError as exc:
         module.fail_json(msg=str(exc))
     except DB_ERRORS as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]

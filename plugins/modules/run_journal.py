@@ -1,0 +1,287 @@
+#!/usr/bin/python
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: run_journal
+short_description: Open, read and close a run's undo journal and the host's run lock
+version_added: 0.2.0
+author: qadhya platform team (@qadhya)
+description:
+  - A playbook run that changes a host keeps an undo journal there - one private JSON file per
+    run in O(dir), beside the backups. The modules that change things (M(qadhya.dbops.env_file),
+    M(qadhya.dbops.app_container), M(qadhya.dbops.db_rename), M(qadhya.dbops.db_migrate)) append an
+    entry to it just before each change, so a rollback, or a rerun after a crash, knows exactly what
+    the run changed.
+  - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal. A lock held
+    by a live run makes the module fail at once, naming that run; a lock left by a run that died
+    (O(holder_dead=true), judged by the caller from V(status)) is taken over, and the dead run's
+    journal is returned as RV(interrupted) so that it can be undone first.
+  - V(status) reads the lock and the newest journal, changing nothing.
+  - V(append) adds one entry (for example a checkpoint) to the journal of O(run_id).
+  - V(close) sets the journal's final state and releases the lock if O(run_id) holds it.
+  - V(read) returns one journal - the newest of a playbook (O(playbook)), or O(run_id)'s.
+extends_documentation_fragment:
+  - qadhya.dbops.attributes
+  - qadhya.dbops.attributes.NO_DIFF
+options:
+  dir:
+    description: Directory of the journals on the Docker host (created C(0700)).
+    type: path
+    required: true
+  action:
+    description: What to do.
+    type: str
+    required: true
+    choices: [open, status, append, close, read]
+  run_id:
+    description:
+      - The run. V(open) creates it when empty; V(append) and V(close) need it; V(read) reads it when given.
+    type: str
+  host:
+    description: Inventory name of the host, recorded in the journal.
+    type: str
+  playbook:
+    description: Playbook of the run (V(open)), or whose newest journal to read (V(read)).
+    type: str
+  meta:
+    description: Facts about the run recorded in the journal's header (source, target, ...).
+    type: dict
+    default: {}
+  controller:
+    description: "Who runs it: C({host: <controller host name>, pid: <ansible-playbook pid>})."
+    type: dict
+    default: {}
+  holder_dead:
+    description: With V(open), take over a lock whose holder the caller found dead.
+    type: bool
+    default: false
+  entry:
+    description: With V(append), the entry; it needs a C(step) key.
+    type: dict
+  state:
+    description: With V(close), the run's final state.
+    type: str
+    choices: [success, unchanged, rolled_back, failed, undone, planned]
+"""
+
+EXAMPLES = r"""
+- name: Take the run lock and open the journal
+  qadhya.dbops.run_journal:
+    dir: /var/backups/qadhya/journal
+    action: open
+    host: "{{ inventory_hostname }}"
+    playbook: consolidate
+    meta: {source: moncabinet, target: qadhya}
+  register: journal
+
+- name: Close it
+  qadhya.dbops.run_journal:
+    dir: /var/backups/qadhya/journal
+    action: close
+    run_id: "{{ journal.run_id }}"
+    state: success
+"""
+
+RETURN = r"""
+run_id:
+  description: The run's id (also the journal file's name without C(.json)).
+  returned: success
+  type: str
+  sample: 20261201T220501Z-3f2a
+path:
+  description: The journal file.
+  returned: success
+  type: str
+journal:
+  description: The journal document (header and C(entries)).
+  returned: success
+  type: dict
+lock:
+  description: The lock's content (run_id, controller, started_at) when one is held, else empty.
+  returned: always
+  type: dict
+interrupted:
+  description: With V(open) after a dead run, that run's journal (empty when there was none).
+  returned: when action is open
+  type: dict
+"""
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
+    JOURNAL_VERSION,
+    LOCK_NAME,
+    JournalError,
+    append,
+    create_exclusive,
+    read_journal,
+    utc_now,
+    write_json_atomic,
+)
+
+
+class RunJournal:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.dir = self.params["dir"]
+        self.lock_path = os.path.join(self.dir, LOCK_NAME)
+
+    def path_of(self, run_id):
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise JournalError("run_id %r is not a journal name" % run_id)
+        return os.path.join(self.dir, run_id + ".json")
+
+    def lock(self):
+        try:
+            with open(self.lock_path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise JournalError("cannot read the run lock %s: %s; remove it once no run of ours is in "
+                               "progress on this host" % (self.lock_path, exc)) from None
+
+    def journals(self):
+        """Journal documents in O(dir), newest first (names sort by their start time)."""
+        if not os.path.isdir(self.dir):
+            return []
+        names = sorted((n for n in os.listdir(self.dir) if n.endswith(".json")), reverse=True)
+        found = []
+        for name in names:
+            try:
+                found.append(read_journal(os.path.join(self.dir, name)))
+            except JournalError:
+                continue
+        return found
+
+    def newest(self, playbook=None):
+        for document in self.journals():
+            if not playbook or document.get("playbook") == playbook:
+                return document
+        return {}
+
+    @staticmethod
+    def describe(lock):
+        controller = lock.get("controller") or {}
+        return "run %s started %s by pid %s on %s" % (
+            lock.get("run_id", "?"), lock.get("started_at", "?"), controller.get("pid", "?"),
+            controller.get("host", "?"))
+
+    # -- actions -----------------------------------------------------------
+
+    def status(self):
+        return dict(changed=False, lock=self.lock(), journal=self.newest(self.params.get("playbook")))
+
+    def open(self):
+        params = self.params
+        held = self.lock()
+        if held and not params["holder_dead"]:
+            raise JournalError(
+                "another run of qadhya.dbops is in progress on this host (%s); wait for it to finish — "
+                "if it died, rerun from the same controller, or check and remove %s"
+                % (self.describe(held), self.lock_path))
+        run_id = params.get("run_id") or "%s-%s" % (utc_now()[:19].replace("-", "").replace(":", ""),
+                                                     secrets.token_hex(2))
+        path = self.path_of(run_id)
+        controller = dict(params["controller"] or {})
+        controller.setdefault("host", socket.gethostname())
+        document = dict(
+            version=JOURNAL_VERSION, run_id=run_id, host=params.get("host") or "",
+            playbook=params.get("playbook") or "", started_at=utc_now(), state="running",
+            controller=controller, meta=params["meta"] or {}, entries=[],
+        )
+        interrupted = {}
+        if held:
+            previous = held.get("run_id")
+            with contextlib.suppress(JournalError):
+                old = read_journal(self.path_of(previous))
+                if old.get("state") == "running":
+                    interrupted = old
+        # A journal is a run record, like a report: opening one is not a change to the system.
+        result = dict(changed=False, run_id=run_id, path=path, journal=document, lock=held,
+                      interrupted=interrupted)
+        if self.module.check_mode:
+            return result
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        lock = dict(run_id=run_id, controller=controller, started_at=document["started_at"], journal=path)
+        if held:
+            write_json_atomic(self.lock_path, lock)
+        elif not create_exclusive(self.lock_path, lock):
+            raise JournalError("another run of qadhya.dbops took the run lock on this host at this very "
+                               "moment (%s); wait for it to finish" % self.describe(self.lock()))
+        write_json_atomic(path, document)
+        return result
+
+    def append(self):
+        entry = self.params.get("entry") or {}
+        path = self.path_of(self.params.get("run_id"))
+        if self.module.check_mode:
+            return dict(changed=False, run_id=self.params["run_id"], path=path, lock=self.lock())
+        written = append(path, entry)
+        return dict(changed=False, run_id=self.params["run_id"], path=path, entry=written,
+                    journal=read_journal(path), lock=self.lock())
+
+    def close(self):
+        params = self.params
+        run_id = params.get("run_id")
+        path = self.path_of(run_id)
+        if not params.get("state"):
+            raise JournalError("action=close needs state")
+        lock = self.lock()
+        if self.module.check_mode or not os.path.exists(path):
+            return dict(changed=False, run_id=run_id, path=path, lock=lock)
+        document = read_journal(path)
+        document.update(state=params["state"], finished_at=utc_now())
+        write_json_atomic(path, document)
+        if lock.get("run_id") == run_id:
+            os.unlink(self.lock_path)
+            lock = {}
+        # Journals are run records, like the reports: closing one is not a change to the system.
+        return dict(changed=False, run_id=run_id, path=path, journal=document, lock=lock)
+
+    def read(self):
+        run_id = self.params.get("run_id")
+        document = read_journal(self.path_of(run_id)) if run_id else self.newest(self.params.get("playbook"))
+        return dict(changed=False, run_id=document.get("run_id", ""), journal=document, lock=self.lock(),
+                    path=self.path_of(document["run_id"]) if document else "")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dir=dict(type="path", required=True),
+            action=dict(type="str", required=True, choices=["open", "status", "append", "close", "read"]),
+            run_id=dict(type="str"),
+            host=dict(type="str"),
+            playbook=dict(type="str"),
+            meta=dict(type="dict", default={}),
+            controller=dict(type="dict", default={}),
+            holder_dead=dict(type="bool", default=False),
+            entry=dict(type="dict"),
+            state=dict(type="str", choices=["success", "unchanged", "rolled_back", "failed", "undone",
+                                            "planned"]),
+        ),
+        required_if=[("action", "append", ("run_id", "entry")), ("action", "close", ("run_id", "state"))],
+        supports_check_mode=True,
+    )
+    manager = RunJournal(module)
+    try:
+        result = getattr(manager, module.params["action"])()
+    except (JournalError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
