@@ -38,13 +38,14 @@ class Runner:
         self.tmp = tmp
         self.count = 0
 
-    def __call__(self, check=False, **args):
-        base = dict(db_container=self.lab.db, login_user=self.lab.info["db_user"],
-                    login_password=self.lab.info["db_password"])
+    def __call__(self, check=False, module="db_backup", **args):
+        base = {} if module == "db_backup_info" else dict(
+            db_container=self.lab.db, login_user=self.lab.info["db_user"],
+            login_password=self.lab.info["db_password"])
         base.update(args)
         self.count += 1
         play = [dict(hosts="localhost", gather_facts=False, tasks=[
-            dict(name="backup", **{"qadhya.dbops.db_backup": base}, check_mode=check, no_log=False),
+            dict(name="backup", **{"qadhya.dbops." + module: base}, check_mode=check, no_log=False),
         ])]
         book = self.tmp / ("play%d.yml" % self.count)
         book.write_text(json.dumps(play))
@@ -345,3 +346,92 @@ def test_disk_filling_up_during_the_dump_fails_cleanly(run, lab, tmpfs, tiny_db)
     assert result["changed"] is False
     filler.unlink()
     assert_only_earlier(dest, earlier, sha)
+
+
+# --------------------------------------------------------------------------
+# what a backup counts, and which backup vouches for a database
+# --------------------------------------------------------------------------
+
+PARTS_DB = "dbops_it_parts"
+PARTS_SQL = """
+CREATE TABLE events (id int, at date, note text) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2025-06-01' + g, 'note ' || g FROM generate_series(1, 300) g;
+CREATE TABLE docs (id int, body text);
+CREATE TABLE docs_archive (archived_at date) INHERITS (docs);
+INSERT INTO docs SELECT g, 'doc ' || g FROM generate_series(1, 7) g;
+INSERT INTO docs_archive SELECT g, 'old ' || g, date '2020-01-01' FROM generate_series(1, 3) g;
+CREATE SCHEMA audit;
+CREATE TABLE audit.log (id int);
+"""
+
+
+@pytest.fixture
+def parts_db(lab):
+    """A database with a partitioned table, a legacy inheritance pair and a second schema."""
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % PARTS_DB)
+    lab.psql("postgres", "CREATE DATABASE %s" % PARTS_DB)
+    labkit.docker("exec", lab.db, "psql", "-U", lab.info["db_user"], "-d", PARTS_DB, "-XAq",
+                  "-v", "ON_ERROR_STOP=1", "-c", PARTS_SQL)
+    yield PARTS_DB
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % PARTS_DB)
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s_restored WITH (FORCE)" % PARTS_DB)
+
+
+def test_every_row_counted_once_in_manifest_restore_and_db_info(lab, run, parts_db, tmp_path):
+    expected = {"events": 300, "docs": 7, "docs_archive": 3, "audit.log": 0}
+    result = run(database=parts_db, dest_dir=str(tmp_path / "b"), verify="restore", compression_level=1)
+    assert result["changed"] is True and not result.get("failed"), result.get("msg")
+    # Partitions are not listed (their parent holds their rows); the
+    # inheritance parent counts only its own rows, as pg_dump dumps them.
+    assert result["row_counts"] == expected
+    manifest = json.loads(Path(result["manifest_path"]).read_text())
+    assert manifest["partitioned_tables"] == ["events"]
+    assert result["verified"]["ok"] is True and result["verified"]["details"]["checked"] == "restore"
+
+    restored = run(action="restore", path=result["path"], restore_target=parts_db + "_restored")
+    assert restored["changed"] is True and not restored.get("failed"), restored.get("msg")
+    assert restored["row_counts_after"] == expected
+
+    info, _out = labkit.run_module("db_info", lab.login_args(databases=[parts_db]))
+    tables = info["databases"][parts_db]["tables"]
+    assert {key: t["rows"] for key, t in tables.items()} == expected
+    assert info["databases"][parts_db]["total_rows"] == sum(expected.values())
+
+
+def test_backup_info_picks_the_backup_taken_for_the_live_name(lab, run, tmp_path):
+    """As in a consolidation: the source dumped for the target name, then the empty target."""
+    dest = str(tmp_path / "b")
+    source = run(database="moncabinet", for_database="qadhya", purpose="pre_consolidation", dest_dir=dest,
+                 compression_level=1)
+    assert not source.get("failed"), source.get("msg")
+    assert source["for_database"] == "qadhya" and source["purpose"] == "pre_consolidation"
+    empty = run(database="qadhya", purpose="dropped_empty_target", dest_dir=dest, compression_level=1)
+    assert not empty.get("failed"), empty.get("msg")
+    manifest = json.loads(Path(empty["manifest_path"]).read_text())
+    assert manifest["for_database"] == "qadhya" and manifest["purpose"] == "dropped_empty_target"
+    before = sorted(os.listdir(dest))
+
+    for check in (True, False):
+        info = run(check=check, module="db_backup_info", dest_dir=dest, database="qadhya", checksum=True)
+        assert info["changed"] is False and not info.get("failed"), info.get("msg")
+        assert [b["path"] for b in info["backups"]] == [empty["path"], source["path"]]
+        assert info["newest"]["path"] == source["path"]
+        assert info["newest"]["total_rows"] == sum(source["row_counts"].values()) > 0
+        assert info["newest"]["sha256_checked"] is True and info["newest"]["mode"] == "0600"
+        assert info["backups"][0]["total_rows"] == 0 and info["backups"][0]["ok"] is True
+    assert sorted(os.listdir(dest)) == before
+
+    # The source's own name still finds it; another name finds nothing.
+    by_source = run(module="db_backup_info", dest_dir=dest, database="moncabinet")
+    assert by_source["newest"]["path"] == source["path"]
+    none = run(module="db_backup_info", dest_dir=dest, database="elsewhere")
+    assert none["backups"] == [] and none["newest"] == {}
+
+    # A damaged newest backup is reported, and the choice falls back to nothing older.
+    Path(source["path"]).write_bytes(b"PGDMP" + b"\0" * 10)
+    damaged = run(module="db_backup_info", dest_dir=dest, database="qadhya")
+    assert damaged["newest"] == {}
+    assert damaged["backups"][1]["problems"][0].startswith("file has 15 bytes")
+
