@@ -2,10 +2,14 @@
 
 No lab is needed: every role is included on localhost with one wrong-typed or
 out-of-choice variable, and must fail on its "Validating arguments against
-arg spec" task, naming the variable, with no other task of the role run. The
-example inventories (prod, staging, dev) are read with their example vault
-passwords. Nothing here needs Docker, so these tests are not marked
-`integration`; they run with the rest under tests/integration in `make test`.
+arg spec" task, naming the variable, with no other task of the role run; a
+role left without the app's values (no app-specific defaults) fails the same
+way, naming the dbops_* variable to set. Every example inventory (prod,
+staging, dev with their example vault passwords, lab, lab-multi) passes each
+playbook's input validation, and docs/roles.md is what docs/gen_roles.py
+makes of the argument specs. Nothing here needs Docker, so these tests are
+not marked `integration`; they run with the rest under tests/integration in
+`make test`.
 """
 
 import json
@@ -19,7 +23,31 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# roles/inputs is the list of the dbops_* variables, not a role to run.
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks").is_dir())
+PLAYBOOKS = ["backup.yml", "check.yml", "consolidate.yml", "migrate.yml", "restore.yml", "schedule.yml"]
+VALIDATE = "qadhya.dbops.validate_inputs"
+# What the playbooks that do not validate their inputs yet will require; a
+# playbook's own validate_inputs task wins as soon as it has one.
+PENDING_REQUIRED = {
+    "consolidate.yml": ["dbops_env_file", "dbops_db_container", "dbops_app_container", "dbops_target_db",
+                        "dbops_health_url", "dbops_backup_dir"],
+    "check.yml": ["dbops_env_file", "dbops_db_container", "dbops_app_container", "dbops_target_db",
+                  "dbops_health_url", "dbops_backup_dir"],
+    "restore.yml": ["dbops_env_file", "dbops_db_container", "dbops_target_db", "dbops_backup_dir"],
+}
+# Another app than the lab's: the values the roles cannot do without.
+APP_VALUES = {"dbops_env_file": "/srv/shop/.env", "dbops_db_container": "shop-db",
+              "dbops_app_container": "shop-web", "dbops_target_db": "shop"}
+# Each role forwarding an app-specific dbops_* value with no fallback: the
+# variable its validation must name when the inventory lacks it.
+NO_APP_DEFAULT = {
+    "apply_migration": "dbops_db_container",
+    "detect_db": "dbops_db_container",
+    "rename_db": "dbops_db_container",
+    "restart_container": "dbops_app_container",
+    "update_env": "dbops_env_file",
+}
 
 # One bad input per role: (variable, value, words the message must hold).
 BAD_INPUT = {
@@ -74,7 +102,7 @@ def test_bad_role_input_is_rejected_before_any_task(tmp_path):
     for role in ROLES:
         var, value, _words = BAD_INPUT[role]
         hosts[f"bad-{role}"] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                                "bad_role": role, var: value}
+                                "bad_role": role, **APP_VALUES, var: value}
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
     playbook = tmp_path / "bad_input.yml"
@@ -134,6 +162,72 @@ def test_good_role_input_passes_validation(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False, env=ansible_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert env_file.read_text() == "DB_NAME=moncabinet\nDB_PASSWORD=x\n"
+
+
+def test_roles_without_the_apps_values_name_the_variable_to_set(tmp_path):
+    """No role falls back to this app's names: without the dbops_* value it stops, naming it."""
+    hosts = {f"bare-{role}": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                              "bare_role": role} for role in NO_APP_DEFAULT}
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
+    playbook = tmp_path / "bare.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Include each role with no dbops_* variable", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Include the role under test",
+                   "ansible.builtin.include_role": {"name": "qadhya.dbops.{{ bare_role }}"}}],
+    }], sort_keys=False))
+    proc = subprocess.run([BIN / "ansible-playbook", playbook, "-i", inventory], capture_output=True,
+                          text=True, cwd=REPO, timeout=300, check=False,
+                          env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    result = json.loads(proc.stdout)
+    validation = [t for t in result["plays"][0]["tasks"] if "Validating arguments" in t["task"]["name"]]
+    for role, var in NO_APP_DEFAULT.items():
+        host = f"bare-{role}"
+        (res,) = [t["hosts"][host] for t in validation if host in t["hosts"]]
+        assert res.get("failed") is True, (role, res)
+        assert f"set {var} (or {role}_" in res["msg"], (role, res["msg"])
+        assert result["stats"][host]["changed"] == 0
+
+
+def required_by(playbook):
+    """The dbops_* variables a playbook requires, from its first task (or the pending list)."""
+    first = (yaml.safe_load((REPO / "playbooks" / playbook).read_text())[0].get("tasks") or [{}])[0]
+    if VALIDATE in first:
+        return (first[VALIDATE] or {}).get("required", [])
+    return PENDING_REQUIRED.get(playbook, [])
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_every_playbook_validates_its_inputs_first(playbook):
+    first = (yaml.safe_load((REPO / "playbooks" / playbook).read_text())[0].get("tasks") or [{}])[0]
+    if VALIDATE not in first and playbook in PENDING_REQUIRED:
+        pytest.skip(f"{playbook} does not start with {VALIDATE} yet")
+    assert VALIDATE in first, first
+    assert first["name"] == "Pre-check | Validate the dbops_* variables"
+
+
+INVENTORIES = ["dev", "lab", "lab-multi", "prod", "staging"]
+
+
+@pytest.mark.parametrize("env_name", INVENTORIES)
+def test_example_inventory_sets_every_value_each_playbook_requires(env_name):
+    """The validation itself, on every host of the inventory (it never connects to them)."""
+    inv = REPO / "inventory" / env_name
+    vault = ["--vault-password-file", inv / "vault-password.example.txt"] if env_name in ENV_TARGETS else []
+    # One run for all playbooks: a failure names the variable, which is enough.
+    required = sorted({name for playbook in PLAYBOOKS for name in required_by(playbook)})
+    assert "dbops_target_db" in required and "dbops_migrations_dir" in required
+    proc = subprocess.run(
+        [BIN / "ansible", "all", "-i", inv, *vault, "-m", VALIDATE, "-a", json.dumps({"required": required})],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False, env=ansible_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_roles_doc_is_generated_from_the_argument_specs():
+    proc = subprocess.run([sys.executable, REPO / "docs" / "gen_roles.py", "--check"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("env_name", sorted(ENV_TARGETS))
