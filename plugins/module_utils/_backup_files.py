@@ -240,10 +240,10 @@ def backup_problems(manifest, size, database, sha256=None):
     """Why a backup of ours cannot vouch for `database` ([] when it can).
 
     `size` is the file's size on disk (None: missing); `sha256` the digest
-    just recomputed, when asked.
+    just recomputed, when asked; `database` None takes any database.
     """
     problems = []
-    if database not in (manifest.get("database"), served_database(manifest)):
+    if database is not None and database not in (manifest.get("database"), served_database(manifest)):
         problems.append("is a backup of %r, not of %r" % (manifest.get("database"), database))
     if size is None:
         problems.append("backup file is missing")
@@ -296,18 +296,19 @@ def select_newest(entries, database):
     for entry in entries:
         if not entry["ok"] or entry["purpose"] in NEVER_NEWEST:
             continue
-        if database in (entry["database"], entry["for_database"]):
+        if database is None or database in (entry["database"], entry["for_database"]):
             return entry
     return {}
 
 
-def list_backups(directory, database, checksum=False, now=None):
+def list_backups(directory, database, checksum=False, now=None, only=None):
     """(entries newest first, ignored names) of the backups of `database` in `directory`.
 
     Every file whose name is a backup name and whose manifest is ours is
     read; those dumped from `database` or for it are listed, each checked
     (file present, size, verified, and the sha256 when `checksum`). Files
-    named like backups without a manifest of ours are `ignored`.
+    named like backups without a manifest of ours are `ignored`. `only`
+    restricts the listing to one file name; `database` None takes any.
     """
     now = now or utc_now()
     entries, ignored = [], []
@@ -315,6 +316,8 @@ def list_backups(directory, database, checksum=False, now=None):
         names = os.listdir(directory)
     except FileNotFoundError:
         return entries, ignored
+    if only is not None:
+        names = [n for n in names if n in (only, only + MANIFEST_SUFFIX)]
     present = set(names)
     for name in sorted(present):
         if name.endswith(MANIFEST_SUFFIX):
@@ -328,7 +331,7 @@ def list_backups(directory, database, checksum=False, now=None):
         if manifest_problem(manifest, name) is not None:
             ignored.append(name)
             continue
-        if database not in (manifest.get("database"), served_database(manifest)):
+        if database is not None and database not in (manifest.get("database"), served_database(manifest)):
             continue
         size = mode = None
         if not os.path.islink(path) and os.path.isfile(path):

@@ -33,13 +33,21 @@ options:
     description:
       - Backup directory on the Docker host (as given to M(qadhya.dbops.db_backup)).
       - A missing directory holds no backup.
+      - Required unless O(path) is given.
     type: path
-    required: true
     aliases: [backup_dir]
   database:
-    description: The database whose backups are listed (its live name).
+    description:
+      - The database whose backups are listed (its live name).
+      - Required unless O(path) is given.
     type: str
-    required: true
+  path:
+    description:
+      - Check this one backup (the file or its manifest) instead of listing O(dest_dir); it is
+        then the only element of RV(backups), whatever database it belongs to unless
+        O(database) is also given.
+      - Mutually exclusive with O(dest_dir).
+    type: path
   checksum:
     description:
       - Also recompute each backup's SHA-256 and compare it with its manifest. Reads every
@@ -66,6 +74,12 @@ EXAMPLES = r"""
       - backups.newest | length > 0
       - backups.newest.total_rows >= live_rows | int * 0.5
     fail_msg: "newest backup of qadhya holds {{ backups.newest.total_rows | default(0) }} rows"
+
+- name: Check the backup an operator chose before restoring it
+  qadhya.dbops.db_backup_info:
+    path: /var/backups/qadhya/moncabinet-20260211T101500Z.dump
+  register: chosen
+  failed_when: not chosen.backups[0].ok | default(false)
 
 - name: List every backup with its SHA-256 checked
   qadhya.dbops.db_backup_info:
@@ -178,6 +192,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import (
+    MANIFEST_SUFFIX,
     list_backups,
     select_newest,
 )
@@ -185,7 +200,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_
 
 
 def summary(database, directory, entries, newest):
-    text = "%d backup(s) of %s in %s" % (len(entries), database, directory)
+    text = "%d backup(s) of %s in %s" % (len(entries), database or "any database", directory)
     if newest:
         return "%s; newest: %s (%d rows)" % (text, newest["name"], newest["total_rows"])
     return text + "; none is verified and complete"
@@ -194,22 +209,38 @@ def summary(database, directory, entries, newest):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            dest_dir=dict(type="path", required=True, aliases=["backup_dir"]),
-            database=dict(type="str", required=True),
+            dest_dir=dict(type="path", aliases=["backup_dir"]),
+            database=dict(type="str"),
+            path=dict(type="path"),
             checksum=dict(type="bool", default=False),
         ),
+        required_one_of=[("dest_dir", "path")],
+        mutually_exclusive=[("dest_dir", "path")],
+        required_by={"dest_dir": "database"},
         supports_check_mode=True,
     )
-    directory = os.path.abspath(module.params["dest_dir"])
     database = module.params["database"]
+    only = None
+    if module.params["path"]:
+        path = os.path.abspath(module.params["path"])
+        if path.endswith(MANIFEST_SUFFIX):
+            path = path[: -len(MANIFEST_SUFFIX)]
+        directory, only = os.path.split(path)
+    else:
+        directory = os.path.abspath(module.params["dest_dir"])
     try:
-        entries, ignored = list_backups(directory, database, checksum=module.params["checksum"])
+        entries, ignored = list_backups(directory, database, checksum=module.params["checksum"], only=only)
     except OSError as exc:
         module.fail_json(msg="cannot read the backup directory %s: %s; check dest_dir and the task's "
                          "privileges (become)" % (directory, first_line(exc)))
     newest = select_newest(entries, database)
-    module.exit_json(changed=False, backups=entries, newest=newest, ignored=ignored,
-                     msg=summary(database, directory, entries, newest))
+    if only is not None and not entries:
+        msg = ("%s is not one of our backups%s (a backup file named <prefix>-<UTC stamp>.<ext> with the "
+               "manifest qadhya.dbops.db_backup wrote beside it)"
+               % (os.path.join(directory, only), " of %s" % database if database else ""))
+    else:
+        msg = summary(database, directory, entries, newest)
+    module.exit_json(changed=False, backups=entries, newest=newest, ignored=ignored, msg=msg)
 
 
 if __name__ == "__main__":
