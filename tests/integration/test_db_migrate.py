@@ -236,37 +236,217 @@ def test_edited_applied_file_is_refused(scratch, tmp_path):
     assert migrate(lab, tmp_path, migrations_dir=str(d))["changed"] is False
 
 
-def test_failing_migration_is_rolled_back(scratch, tmp_path):
-    lab = scratch
-    d = migrations_dir(
-        tmp_path,
-        ("20260301_ok.sql", "CREATE TABLE ok_table (id int);\nINSERT INTO ok_table VALUES (1);\n"),
-        ("20260302_broken.sql", "CREATE TABLE half_table (id int);\n\nSELEC 1;\n"),
-        ("20260303_after.sql", "CREATE TABLE after_table (id int);\n"),
+def snapshot(lab):
+    """What a failed or rehearsed run must leave as it was: the tracking table and the relations."""
+    return dict(
+        columns=columns(lab),
+        records=rows(lab, "SELECT t::text FROM _migrations t ORDER BY name"),
+        relations=rows(lab, "SELECT c.oid::regclass::text, c.relkind FROM pg_class c JOIN pg_namespace n "
+                            "ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', "
+                            "'information_schema', 'pg_toast') ORDER BY 1"),
+        functions=rows(lab, "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+                            "ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1"),
+        users=one(lab, "SELECT count(*) FROM users"),
     )
-    res = migrate(lab, tmp_path, check=True, migrations_dir=str(d))
-    assert res["pending"] == [INCIDENT, "20260301_ok.sql", "20260302_broken.sql", "20260303_after.sql"]
-    assert one(lab, "SELECT to_regclass('ok_table') IS NULL") == "t"
+
+
+BROKEN_BATCH = (
+    ("20260301_ok.sql", "CREATE TABLE ok_table (id int);\nINSERT INTO ok_table VALUES (1);\n"),
+    ("20260302_also_ok.sql", "ALTER TABLE users ADD COLUMN nickname text;\n"),
+    ("20260303_broken.sql", "CREATE TABLE half_table (id int);\n\nSELEC 1;\n"),
+)
+
+
+def test_syntax_error_in_the_third_file_applies_none_of_the_batch(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(tmp_path, *BROKEN_BATCH)
+    (d / INCIDENT).unlink()
+    before = snapshot(lab)
 
     res = migrate(lab, tmp_path, migrations_dir=str(d))
     assert res.get("failed") is True
-    assert res["msg"].startswith("migration 20260302_broken.sql failed at line 3")
-    assert 'syntax error at or near "SELEC"' in res["msg"]
-    assert res["failed_migration"] == "20260302_broken.sql"
-    assert [a["name"] for a in res["applied"]] == [INCIDENT, "20260301_ok.sql"]
-    assert res["pending"] == ["20260302_broken.sql", "20260303_after.sql"]
-    assert res["changed"] is True
-    assert one(lab, "SELECT to_regclass('half_table') IS NULL") == "t"
-    assert one(lab, "SELECT to_regclass('after_table') IS NULL") == "t"
-    assert one(lab, "SELECT count(*) FROM ok_table") == "1"
-    assert [r[0] for r in rows(lab, "SELECT name FROM _migrations ORDER BY name")] == [
-        INCIDENT, "20260301_ok.sql"]
+    assert res["msg"] == (
+        'migration 20260303_broken.sql failed at line 3 (character 36): syntax error at or near "SELEC"; '
+        "nothing of its batch was applied (20260301_ok.sql, 20260302_also_ok.sql rolled back with it)")
+    assert res["failed_migration"] == "20260303_broken.sql"
+    assert res["applied"] == [] and res["changed"] is False
+    assert res["pending"] == [name for name, dummy in BROKEN_BATCH]
+    assert res["batches"] == [dict(files=[name for name, dummy in BROKEN_BATCH], transaction=True)]
+    # _migrations unchanged: rows and the app's own shape (the upgrade was rolled back too)
+    assert snapshot(lab) == before
 
-    (d / "20260302_broken.sql").write_text("CREATE TABLE half_table (id int);\n\nSELECT 1;\n")
+    (d / "20260303_broken.sql").write_text("CREATE TABLE half_table (id int);\n\nSELECT 1;\n")
     res = migrate(lab, tmp_path, migrations_dir=str(d))
-    assert [a["name"] for a in res["applied"]] == ["20260302_broken.sql", "20260303_after.sql"]
-    assert one(lab, "SELECT to_regclass('after_table') IS NOT NULL") == "t"
+    assert [a["name"] for a in res["applied"]] == [name for name, dummy in BROKEN_BATCH]
+    assert one(lab, "SELECT count(*) FROM ok_table") == "1"
     assert migrate(lab, tmp_path, migrations_dir=str(d))["changed"] is False
+
+
+def test_file_failing_halfway_leaves_nothing_of_it(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(tmp_path, ("20260301_half.sql",
+                                  "CREATE TABLE half_done (id int PRIMARY KEY);\n"
+                                  "INSERT INTO half_done VALUES (1), (2);\n"
+                                  "UPDATE users SET email = email || '.x';\n"
+                                  "INSERT INTO half_done VALUES (2);\n"))
+    emails = rows(lab, "SELECT email FROM users ORDER BY email")
+    before = snapshot(lab)
+    res = migrate(lab, tmp_path, migrations_dir=str(d))
+    assert res.get("failed") is True
+    assert res["msg"].startswith("migration 20260301_half.sql failed in the statement on line 4: ")
+    assert 'duplicate key value violates unique constraint "half_done_pkey"' in res["msg"]
+    assert res["msg"].endswith("nothing of its batch was applied (%s rolled back with it)" % INCIDENT)
+    assert snapshot(lab) == before
+    assert rows(lab, "SELECT email FROM users ORDER BY email") == emails
+    assert one(lab, "SELECT to_regclass('user_validation_stats') IS NULL") == "t"
+
+
+def test_check_rehearses_and_changes_nothing(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(tmp_path, *BROKEN_BATCH)
+    before = snapshot(lab)
+    for check_mode in (False, True):
+        res = migrate(lab, tmp_path, check=check_mode, migrations_dir=str(d), action="check")
+        assert res.get("failed") is True, res
+        assert res["msg"] == (
+            'migration 20260303_broken.sql would fail at line 3 (character 36): syntax error at or near '
+            '"SELEC"; nothing was changed')
+        assert res["failed_migration"] == "20260303_broken.sql" and res["changed"] is False
+        assert snapshot(lab) == before
+    assert one(lab, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+
+    # a good batch: rehearsed whole (the incident file creates what the next one uses), still nothing made
+    (d / "20260303_broken.sql").write_text(
+        "INSERT INTO user_validation_stats (user_id, points) SELECT id, 1 FROM users "
+        "ON CONFLICT (user_id) DO UPDATE SET points = excluded.points;\n")
+    res = migrate(lab, tmp_path, migrations_dir=str(d), action="check")
+    assert "failed" not in res and res["changed"] is False, res.get("msg")
+    assert res["checked"] == [INCIDENT] + [name for name, dummy in BROKEN_BATCH]
+    assert res["check_skipped"] == [] and res["pending"] == res["checked"]
+    assert res["tracking_table_upgraded"] == ["checksum", "applied_by", "execution_ms", "adopted"]
+    assert snapshot(lab) == before
+
+    res = migrate(lab, tmp_path, migrations_dir=str(d))
+    assert [a["name"] for a in res["applied"]] == res["batches"][0]["files"]
+    assert one(lab, "SELECT sum(points) FROM user_validation_stats") == "2"
+
+
+def test_check_catches_what_a_static_read_can(scratch, tmp_path):
+    lab = scratch
+    cases = [
+        ("20260301_empty.sql", "-- TODO\n",
+         "migration 20260301_empty.sql is empty (no SQL statement, 8 bytes)"),
+        ("20260301_open.sql", "SELECT 1;\nDO $$ BEGIN PERFORM 1;\n",
+         "migration 20260301_open.sql has an unterminated dollar-quoted string $$ starting on line 2"),
+    ]
+    before = snapshot(lab)
+    for index, (name, text, expected) in enumerate(cases):
+        d = migrations_dir(tmp_path, (name, text), name="m%d" % index)
+        for action in ("check", "apply"):
+            res = migrate(lab, tmp_path, migrations_dir=str(d), action=action)
+            assert res.get("failed") is True and res["msg"].startswith(expected), (action, res["msg"])
+        res = migrate(lab, tmp_path, migrations_dir=str(d), action="status")
+        assert "failed" not in res and res["problems"][0].startswith(expected)
+        (d / name).write_bytes(b"SELECT '\xe9';\n")
+        res = migrate(lab, tmp_path, migrations_dir=str(d), action="check")
+        assert res["msg"] == "migration %s is not valid UTF-8 (line 1, byte 8); save it as UTF-8" % name
+    assert snapshot(lab) == before
+
+
+def journal_file(tmp_path):
+    path = tmp_path / "journal.json"
+    path.write_text(json.dumps(dict(run_id="it", entries=[])))
+    path.chmod(0o600)
+    return path
+
+
+def test_no_transaction_file_runs_alone_and_is_journaled(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(
+        tmp_path,
+        ("20260301_table.sql", "CREATE TABLE nt_orders (id int, total int);\n"),
+        ("20260302_index.sql",
+         "CREATE INDEX CONCURRENTLY IF NOT EXISTS nt_orders_total ON nt_orders (total);\n"),
+        ("20260303_vacuum.sql", "-- dbops: no-transaction\nANALYZE nt_orders;\nVACUUM nt_orders;\n"),
+        ("20260304_more.sql", "INSERT INTO nt_orders VALUES (1, 10);\n"),
+    )
+    expected_batches = [dict(files=[INCIDENT, "20260301_table.sql"], transaction=True),
+                         dict(files=["20260302_index.sql"], transaction=False),
+                         dict(files=["20260303_vacuum.sql"], transaction=False),
+                         dict(files=["20260304_more.sql"], transaction=True)]
+    res = migrate(lab, tmp_path, migrations_dir=str(d), action="check")
+    assert "failed" not in res, res.get("msg")
+    assert res["batches"] == expected_batches
+    assert res["checked"] == [INCIDENT, "20260301_table.sql", "20260304_more.sql"]
+    assert [(s["name"], s["line"]) for s in res["check_skipped"]] == [
+        ("20260302_index.sql", 1), ("20260303_vacuum.sql", 1)]
+    assert "CREATE INDEX CONCURRENTLY" in res["check_skipped"][0]["reason"]
+    assert one(lab, "SELECT to_regclass('nt_orders') IS NULL") == "t"
+
+    journal = journal_file(tmp_path)
+    res = migrate(lab, tmp_path, migrations_dir=str(d), journal=str(journal))
+    assert "failed" not in res, res.get("msg")
+    assert res["batches"] == expected_batches
+    assert [a["name"] for a in res["applied"]] == [n for b in expected_batches for n in b["files"]]
+    assert one(lab, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'nt_orders_total'::regclass") == "t"
+    entries = json.loads(journal.read_text())["entries"]
+    assert [(e["step"], e["applied"], e["adopted"]) for e in entries] == [
+        ("migration", b["files"], []) for b in expected_batches]
+    assert entries[0]["database"] == lab.it_database and entries[0]["table"] == "public._migrations"
+    assert entries[0]["tracking_table_upgraded"] == ["checksum", "applied_by", "execution_ms", "adopted"]
+    assert oct(journal.stat().st_mode & 0o777) == "0o600"
+
+    # a no-transaction file failing after its first statement: the line says what stays
+    (d / "20260305_two_indexes.sql").write_text(
+        "CREATE INDEX CONCURRENTLY nt_orders_id ON nt_orders (id);\n"
+        "CREATE INDEX CONCURRENTLY nt_bad ON nt_orders (no_such_column);\n")
+    res = migrate(lab, tmp_path, migrations_dir=str(d), journal=str(journal))
+    assert res.get("failed") is True and res["changed"] is True
+    assert res["msg"].startswith(
+        "migration 20260305_two_indexes.sql (run without a transaction: CREATE INDEX CONCURRENTLY) failed "
+        "in the statement on line 2: column \"no_such_column\" does not exist; its first 1 statement(s), "
+        "up to line 1, stay applied and it was not recorded")
+    assert res["partial"] == dict(name="20260305_two_indexes.sql", statements_run=1, statements=2,
+                                  up_to_line=1)
+    entries = json.loads(journal.read_text())["entries"]
+    assert entries[-1]["partial"] == res["partial"] and entries[-1]["applied"] == []
+    assert one(lab, "SELECT count(*) FROM _migrations WHERE name = '20260305_two_indexes.sql'") == "0"
+    assert one(lab, "SELECT to_regclass('nt_orders_id') IS NOT NULL") == "t"
+
+
+def test_a_session_holding_a_lock_stops_the_run_naming_it(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(tmp_path, ("20260301_users.sql", "ALTER TABLE users ADD COLUMN blocked_col int;\n"))
+    (d / INCIDENT).unlink()
+    holder = subprocess.Popen(
+        ["docker", "exec", "-i", "-e", "PGAPPNAME=it-lock-holder", lab.db, "psql", "-U", lab.info["db_user"],
+         "-d", lab.it_database, "-X", "-q"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, text=True)
+    try:
+        holder.stdin.write("BEGIN;\nLOCK TABLE users IN ACCESS SHARE MODE;\nSELECT pg_sleep(60);\n")
+        holder.stdin.flush()
+        pid = None
+        deadline = time.monotonic() + 20
+        while pid is None and time.monotonic() < deadline:
+            found = rows(lab, "SELECT pid FROM pg_stat_activity WHERE application_name = 'it-lock-holder' "
+                              "AND state = 'active'")
+            pid = found[0][0] if found else time.sleep(0.1)
+        assert pid, "the lock holder never started"
+        before = snapshot(lab)
+        for action in ("apply", "check"):
+            started = time.monotonic()
+            res = migrate(lab, tmp_path, migrations_dir=str(d), action=action, lock_wait_timeout=1.5)
+            elapsed = time.monotonic() - started
+            assert res.get("failed") is True
+            assert "canceling statement due to lock timeout: waited 1.5s (lock_wait_timeout) for a lock " \
+                "held by pid %s (application it-lock-holder, user %s, active since " % (
+                    pid, lab.info["db_user"]) in res["msg"], res["msg"]
+            assert res["msg"].startswith("migration 20260301_users.sql ")
+            assert elapsed < 15, elapsed
+        assert snapshot(lab) == before
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_transaction_control_is_refused_before_anything(scratch, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.qadhya.dbops.plugins.module_utils import _migrations as m
+from ansible_collections.qadhya.dbops.plugins.module_utils import _sql_scan as s
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -20,7 +21,7 @@ def mf(name, text):
 
 
 def objects(text):
-    return [str(o) for o in m.created_objects(m.scan_sql(text))]
+    return [str(o) for o in s.created_objects(s.scan_sql(text))]
 
 
 # -- files ----------------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_statements_split_on_top_level_semicolons_only():
         "SELECT E'it\\'s;';\n"
         "SELECT 1"
     )
-    sts = m.scan_sql(text)
+    sts = s.scan_sql(text)
     assert [st.line for st in sts] == [1, 3, 4, 5, 6]
     assert sts[1].tokens[2].value == "x;y"
 
@@ -88,7 +89,7 @@ def test_statements_split_on_top_level_semicolons_only():
     ],
 )
 def test_transaction_control_is_detected(text, expected):
-    assert m.transaction_control(m.scan_sql(text)) == expected
+    assert s.transaction_control(s.scan_sql(text)) == expected
 
 
 @pytest.mark.parametrize(
@@ -108,18 +109,19 @@ def test_transaction_control_is_detected(text, expected):
     ],
 )
 def test_no_false_transaction_control(text):
-    assert m.transaction_control(m.scan_sql(text)) == []
+    assert s.transaction_control(s.scan_sql(text)) == []
 
 
 def test_begin_atomic_is_one_statement():
     text = "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\nSELECT 3;"
-    assert len(m.scan_sql(text)) == 2
+    assert len(s.scan_sql(text)) == 2
 
 
 def test_refuse_transaction_control_names_file_and_line():
     bad = mf("0002_bad.sql", "CREATE TABLE t (id int);\n\nCOMMIT;\n")
-    with pytest.raises(m.MigrationError, match=r"0002_bad.sql contains COMMIT on line 3"):
-        m.refuse_transaction_control([mf("0001_ok.sql", "SELECT 1;"), bad])
+    with pytest.raises(m.MigrationError, match=r"0002_bad.sql contains COMMIT on line 3") as err:
+        m.refuse_problems([mf("0001_ok.sql", "SELECT 1;"), bad])
+    assert err.value.details["failed"] == "0002_bad.sql"
 
 
 # -- CREATE parser ----------------------------------------------------------------
@@ -170,7 +172,7 @@ def test_parser_handles_quoted_and_unicode_names():
         "CREATE TABLE données (id int);\n"
         'CREATE INDEX "Idx" ON "My Table" (id);\n'
     )
-    got = m.created_objects(m.scan_sql(text))
+    got = s.created_objects(s.scan_sql(text))
     assert [(o.kind, o.schema, o.name) for o in got] == [
         ("table", None, "My Table"),
         ("table", 's"q', "t;x"),
@@ -180,8 +182,8 @@ def test_parser_handles_quoted_and_unicode_names():
 
 
 def test_parser_marks_or_replace_and_trigger_table():
-    got = m.created_objects(
-        m.scan_sql(
+    got = s.created_objects(
+        s.scan_sql(
             "CREATE OR REPLACE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql;\n"
             "CREATE CONSTRAINT TRIGGER t AFTER INSERT ON app.\"Orders\" FOR EACH ROW EXECUTE FUNCTION f();"
         )
@@ -339,5 +341,5 @@ def test_error_location_maps_position_to_line():
     pos = text.index("SELEC") + 1  # PostgreSQL positions are 1-based
     exc = FakePgError(str(pos), 'ERROR:  syntax error at or near "SELEC"\nLINE 3: SELEC 1;\n')
     assert m.error_location(text, exc) == " at line 3 (character %d)" % pos
-    assert m.pg_error_line(exc) == 'ERROR:  syntax error at or near "SELEC"'
+    assert m.pg_error_line(exc) == 'syntax error at or near "SELEC"'
     assert m.error_location(text, FakePgError(None, "x")) == ""

@@ -1,0 +1,125 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Never wait forever on another session's lock, and say whose it is (private).
+
+PostgreSQL's ``lock_timeout`` makes a statement that waits for a table or
+row lock give up with SQLSTATE 55P03, but the error does not say who held
+the lock, and once it is raised our session no longer waits, so
+``pg_blocking_pids()`` has nothing to tell. ``BlockerWatch`` therefore looks
+while the statement still waits: a thread with a second connection polls
+``pg_blocking_pids(<our pid>)`` and keeps the last sessions it saw, so the
+failure can name them (pid, application, user, state, since when).
+
+The watch reads only ``pg_stat_activity``; it never takes a lock itself.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import psycopg2
+
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+
+_BLOCKERS = (
+    "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown'), a.usename, "
+    "coalesce(a.state, 'unknown'), coalesce(a.xact_start, a.backend_start) "
+    "FROM pg_catalog.pg_stat_activity a "
+    "WHERE a.pid = ANY (pg_catalog.pg_blocking_pids(%s)) ORDER BY a.pid"
+)
+
+
+def is_lock_timeout(exc):
+    return getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
+def is_statement_timeout(exc):
+    return getattr(exc, "pgcode", None) == QUERY_CANCELED
+
+
+def timeout_ms(seconds):
+    """A GUC value in milliseconds; never 0, which PostgreSQL reads as 'no limit'."""
+    return "%dms" % max(1, int(round(seconds * 1000)))
+
+
+def set_session_timeouts(cur, lock_timeout, statement_timeout=None):
+    """Set lock_timeout (and statement_timeout) on the cursor's session, in seconds.
+
+    Inside a transaction the values end with it when it is rolled back.
+    """
+    cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (timeout_ms(lock_timeout),))
+    if statement_timeout:
+        cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)",
+                    (timeout_ms(statement_timeout),))
+
+
+def _fmt_since(value):
+    if value is None:
+        return "an unknown time"
+    if hasattr(value, "isoformat"):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def describe_sessions(rows):
+    """'pid 123 (application psql, user app, idle in transaction since ...)' for each row."""
+    return ", ".join(
+        "pid %s (application %s, user %s, %s since %s)" % (pid, app, user, state, _fmt_since(since))
+        for pid, app, user, state, since in rows
+    )
+
+
+class BlockerWatch:
+    """Poll, from `watch_conn`, which sessions block the backend `pid`.
+
+    Use as a context manager around the work on the watched connection;
+    ``blockers`` holds the rows seen last (see describe_sessions). Errors of
+    the watch connection end the watch quietly: it only ever improves a
+    message.
+    """
+
+    def __init__(self, watch_conn, pid, interval=0.1):
+        self.conn = watch_conn
+        self.pid = pid
+        self.interval = interval
+        self.blockers = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _poll(self):
+        try:
+            with self.conn.cursor() as cur:
+                while not self._stop.is_set():
+                    cur.execute(_BLOCKERS, (self.pid,))
+                    rows = cur.fetchall()
+                    if rows:
+                        self.blockers = rows
+                    self._stop.wait(self.interval)
+        except psycopg2.Error:
+            return
+
+    def __enter__(self):
+        if self.conn is not None:
+            self._thread = threading.Thread(target=self._poll, name="qadhya-blocker-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return False
+
+    def describe(self):
+        """The blocking sessions seen, or a plain word when none was seen in time."""
+        if self.blockers:
+            return describe_sessions(self.blockers)
+        return "a session the watch did not see in time"
+
+    def lock_timeout_message(self, what, lock_timeout):
+        """One line for a statement that gave up waiting for a lock."""
+        return (
+            "%s waited %ss for a lock held by %s and stopped (lock_wait_timeout); end that "
+            "session or retry when it is done" % (what, ("%g" % lock_timeout), self.describe())
+        )
