@@ -584,3 +584,31 @@ def test_weird_identifiers_are_quoted(scratch, tmp_path):
                                            "execution_ms", "adopted"]
     assert one(lab, "SELECT count(*) FROM _migrations") == "0"  # the app's table untouched
     assert migrate(lab, tmp_path, **args)["changed"] is False
+
+
+def test_role_passes_the_journal_and_the_lock_wait_timeout(scratch, tmp_path):
+    """The apply_migration role through ansible-playbook: one journal entry per committed batch."""
+    from labkit import run_playbook, write_inventory
+
+    lab = scratch
+    d = migrations_dir(tmp_path, ("20260301_next.sql", "CREATE TABLE role_table (id int);\n"))
+    journal = journal_file(tmp_path)
+    playbook = tmp_path / "migrate.yml"
+    playbook.write_text(json.dumps([{
+        "name": "apply_migration role", "hosts": "lab", "gather_facts": False,
+        "tasks": [{"name": "Run the role",
+                   "ansible.builtin.include_role": {"name": "qadhya.dbops.apply_migration"}}],
+    }]))
+    hostvars = dict(ansible_connection="local", ansible_python_interpreter=sys.executable,
+                    apply_migration_db_container=lab.db, apply_migration_login_user=lab.info["db_user"],
+                    apply_migration_login_password=lab.info["db_password"],
+                    apply_migration_database=lab.it_database, apply_migration_dir=str(d),
+                    apply_migration_journal=str(journal), apply_migration_lock_wait_timeout=2)
+    inventory = write_inventory(tmp_path / "inv.json", {"lab-role": hostvars})
+    proc = run_playbook(playbook, inventory)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # the yaml callback doubles the quotes of the outcome line
+    assert "applied [''%s'', ''20260301_next.sql'']" % INCIDENT in proc.stdout, proc.stdout
+    assert lab.info["db_password"] not in proc.stdout + proc.stderr
+    entries = json.loads(journal.read_text())["entries"]
+    assert [(e["step"], e["applied"]) for e in entries] == [("migration", [INCIDENT, "20260301_next.sql"])]
