@@ -23,6 +23,8 @@ author:
   - qadhya platform team (@qadhya)
 extends_documentation_fragment:
   - qadhya.dbops.connection
+  - qadhya.dbops.attributes
+  - qadhya.dbops.attributes.INFO
 options:
   databases:
     description:
@@ -86,8 +88,8 @@ options:
     description:
       - Tables whose rows mean "this database holds the application's data",
         named like O(expected_tables).
-      - Empty means any table with rows, except the migrations table and tables
-        that belong to an extension.
+      - Empty means any table with rows, except the migrations table.
+      - A table that belongs to an extension never counts (it is not listed at all).
     type: list
     elements: str
     default: []
@@ -168,7 +170,11 @@ databases:
       description:
         - Row count per table, keyed by bare name in schema C(public) and
           C(schema.table) elsewhere; C(method) is C(exact) or C(estimate).
-        - Tables belonging to an extension carry C(extension=true).
+        - The tables are the ones M(qadhya.dbops.db_backup) records in its manifests and compares
+          after a restore - ordinary and partitioned tables, each counted once (a partitioned
+          table with all its partitions' rows, the partitions not listed; an ordinary table
+          without its inheritance children, which are listed on their own). Tables owned by an
+          extension (for example C(spatial_ref_sys)) are not listed.
       type: dict
       sample: {"knowledge_base": {"rows": 580, "method": "exact"}}
     total_rows:
