@@ -253,7 +253,7 @@ class BackupRunner:
         if count_errors:
             remove_quietly(partial)
             raise BackupError("counting rows of %r failed: %s; check the login_user's privileges"
-                              % (database, str(count_errors[0]).strip().splitlines()[0]))
+                              % (database, first_line(count_errors[0])))
         finished = utc_now()
         try:
             commit_partial(partial, path)

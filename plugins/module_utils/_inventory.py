@@ -314,11 +314,6 @@ def select_databases(server, requested):
     return names
 
 
-def count_exact(cur, tables, relations):
-    """{(schema, table): rows}, counted the collection's one way (_catalog.count_rows)."""
-    return count_rows(cur, relations, tables)
-
-
 def checksum_statement(tables, relations):
     """One statement: index, row count and order-independent hash sum per table.
 
@@ -379,7 +374,7 @@ def inspect_database(conn, options):
                     exact_list.append((schema, table))
                 else:
                     entry["rows"] = int(round(reltuples))
-            for (schema, table), rows in count_exact(cur, exact_list, relations).items():
+            for (schema, table), rows in count_rows(cur, relations, exact_list).items():
                 tables[table_key(schema, table)]["rows"] = rows
 
             missing = [

@@ -411,3 +411,18 @@ def test_jsonable():
     assert inv.jsonable(memoryview(b"\x01\xff")) == "01ff"
     u = uuid.uuid4()
     assert inv.jsonable([u, {"k": None}]) == [str(u), {"k": None}]
+
+
+def test_inspect_database_leaves_extension_tables_out():
+    relations = [
+        ("public", "knowledge_base", "r", -1.0, False),
+        ("public", "spatial_ref_sys", "r", 8500.0, True),
+    ]
+    cur = FakeCursor(relations, {'ONLY "public"."knowledge_base"': 0})
+    options = dict(count="exact", exact_max_rows=0, expected=[("public", "spatial_ref_sys")], checksum=[],
+                   data_tables=[], migrations=("public", "_migrations"))
+    info = inv.inspect_database(FakeConn(cur), options)
+    # Not the app's data: not listed, not counted; it still satisfies an expected name.
+    assert info["tables"] == {"knowledge_base": {"rows": 0, "method": "exact"}}
+    assert info["has_data"] is False and info["missing_tables"] == []
+    assert not any("spatial_ref_sys" in s for s in cur.statements if "count(*)" in s)
