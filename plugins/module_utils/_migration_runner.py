@@ -464,8 +464,10 @@ class MigrationRunner:
                     "for a long migration)" % self.timeouts.rehearsal
             elif pgcode in _ALREADY_THERE:
                 error += "; if it was applied by hand, record it with action=baseline or adopt_existing=true"
+            # files are in lexical order: those skipped before this one
+            before = [name for name in skipped if name < current.name]
             msg = batch_failure_message(batch, current, self._where(current, exc), error,
-                                        rehearsal=rehearse, skipped=skipped)
+                                        rehearsal=rehearse, skipped=before)
         else:
             what = {"setup": "creating or upgrading the tracking table",
                     "adopt": "recording the adopted migrations",
@@ -500,20 +502,33 @@ class MigrationRunner:
         return to_apply, to_adopt
 
     def rehearse(self, batches):
-        """action=check: every transactional file in one transaction, always rolled back."""
+        """action=check: every transactional file in one transaction, always rolled back.
+
+        Files that cannot run in a transaction are left out, and so is what
+        follows a file whose effect needs a commit (a new enum value), which
+        a transaction that never commits cannot give.
+        """
         res = self.result
         skipped = []
         together = Batch([], adopt=batches[0].adopt if batches else [],
                          setup=bool(batches) and batches[0].setup)
-        for batch in batches:
-            if batch.transactional:
-                together.files.extend(batch.files)
+        commit_needed = None  # the file after which a rehearsal cannot go on
+        for mf in (mf for batch in batches for mf in batch.files):
+            if commit_needed is not None:
+                line, what = commit_needed.ends_batch
+                reason = "comes after %s, whose %s on line %d must be committed first; not " \
+                    "rehearsed" % (commit_needed.name, what, line)
+                line = None
+            elif not mf.transactional:
+                reason = "cannot run in a transaction (%s); not rehearsed" % mf.no_transaction[1]
+                line = mf.no_transaction[0]
             else:
-                mf = batch.files[0]
-                skipped.append(mf.name)
-                res["check_skipped"].append(dict(
-                    name=mf.name, line=mf.no_transaction[0],
-                    reason="cannot run in a transaction (%s); not rehearsed" % mf.no_transaction[1]))
+                together.files.append(mf)
+                if mf.ends_batch:
+                    commit_needed = mf
+                continue
+            skipped.append(mf.name)
+            res["check_skipped"].append(dict(name=mf.name, line=line, reason=reason))
         if together.files or together.adopt or together.setup:
             # a file may depend on a skipped one before it; the message says so
             self.run_transaction(together, rehearse=True, skipped=skipped)

@@ -22,6 +22,7 @@ import re
 
 from ansible_collections.qadhya.dbops.plugins.module_utils._sql_scan import (
     NO_TRANSACTION_MARKER,
+    commits_first,
     created_objects,
     line_of,
     no_transaction,
@@ -81,6 +82,8 @@ class MigrationFile:
         self.objects = created_objects(self.statements)
         # (line, reason) when PostgreSQL refuses the file inside a transaction
         self.no_transaction = no_transaction(self.text, self.statements)
+        # (line, what) when the files after this one need it committed
+        self.ends_batch = commits_first(self.statements)
 
     @property
     def stem(self):
@@ -361,16 +364,20 @@ def plan_batches(to_apply, to_adopt=(), setup=False):
     """Group the files to apply, in order, into the steps the runner commits.
 
     Consecutive files that can run in a transaction share one; a file that
-    cannot (see ``MigrationFile.no_transaction``) is a step of its own. The
-    tracking-table work and the adopted records go into the first step,
-    which is a transaction of their own when the first file cannot be one.
+    cannot (see ``MigrationFile.no_transaction``) is a step of its own, and a
+    file whose effect needs a commit before use (``ends_batch``) is the last
+    of its batch. The tracking-table work and the adopted records go into
+    the first step, which is a transaction of their own when the first file
+    cannot be one.
     """
     batches = []
+    open_batch = False
     for mf in to_apply:
-        if mf.transactional and batches and batches[-1].transactional:
+        if mf.transactional and open_batch:
             batches[-1].files.append(mf)
         else:
             batches.append(Batch([mf], mf.transactional))
+        open_batch = mf.transactional and not mf.ends_batch
     if (to_adopt or setup) and (not batches or not batches[0].transactional):
         batches.insert(0, Batch([]))
     if batches:

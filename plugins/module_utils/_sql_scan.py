@@ -314,6 +314,20 @@ def statement_needs_no_transaction(st):
     return None
 
 
+def commits_first(statements):
+    """(line, what) of a statement whose effect later files can use only once committed.
+
+    A value added to an enum (``ALTER TYPE ... ADD VALUE``) cannot be used in
+    the transaction that added it ("unsafe use of new value"), so a later
+    file using it needs the batch committed in between.
+    """
+    for st in statements:
+        words = [t.upper for t in st.tokens]
+        if words[:2] == ["ALTER", "TYPE"] and "ADD" in words and "VALUE" in words:
+            return st.line, "ALTER TYPE ... ADD VALUE"
+    return None
+
+
 def no_transaction(text, statements):
     """(line, reason) when the file cannot run inside one transaction, else None.
 

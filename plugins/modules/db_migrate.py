@@ -26,6 +26,9 @@ description:
     it is committed first and the files after it form the next batch. If
     such a file fails halfway, the statements before the failing one stay
     applied; the message says which.
+  - A file that adds a value to an enum (C(ALTER TYPE ... ADD VALUE)) is the
+    last of its batch, since PostgreSQL lets later files use the new value
+    only once it is committed.
   - O(action=check) rehearses the pending batch in a transaction that is
     always rolled back, under short timeouts, and fails with one line naming
     the file, the line and the server's error. It changes nothing.

@@ -414,6 +414,26 @@ def test_no_transaction_file_runs_alone_and_is_journaled(scratch, tmp_path):
     assert one(lab, "SELECT to_regclass('nt_orders_id') IS NOT NULL") == "t"
 
 
+def test_new_enum_value_is_committed_before_the_files_using_it(scratch, tmp_path):
+    lab = scratch
+    d = migrations_dir(
+        tmp_path,
+        ("20260301_type.sql", "CREATE TYPE it_mood AS ENUM ('calm');\n"
+                              "ALTER TYPE it_mood ADD VALUE 'busy';\n"),
+        ("20260302_use.sql", "CREATE TABLE it_moods (m it_mood DEFAULT 'busy');\nINSERT INTO it_moods VALUES "
+                             "(DEFAULT);\n"),
+    )
+    res = migrate(lab, tmp_path, migrations_dir=str(d), action="check")
+    assert "failed" not in res, res.get("msg")
+    assert res["checked"] == [INCIDENT, "20260301_type.sql"]
+    assert res["check_skipped"][0]["name"] == "20260302_use.sql"
+    res = migrate(lab, tmp_path, migrations_dir=str(d))
+    assert "failed" not in res, res.get("msg")
+    assert res["batches"] == [dict(files=[INCIDENT, "20260301_type.sql"], transaction=True),
+                              dict(files=["20260302_use.sql"], transaction=True)]
+    assert one(lab, "SELECT m FROM it_moods") == "busy"
+
+
 def test_a_session_holding_a_lock_stops_the_run_naming_it(scratch, tmp_path):
     lab = scratch
     d = migrations_dir(tmp_path, ("20260301_users.sql", "ALTER TABLE users ADD COLUMN blocked_col int;\n"))

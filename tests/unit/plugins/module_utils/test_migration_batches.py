@@ -188,6 +188,28 @@ def test_table_work_before_a_leading_no_transaction_file_gets_its_own_transactio
         (["1.sql"], False, [], False), (["2.sql"], True, [], False)]
 
 
+def test_a_new_enum_value_ends_its_batch():
+    files = [mf("1.sql", "CREATE TYPE mood AS ENUM ('a');"), mf("2.sql", "ALTER TYPE mood ADD VALUE 'b';"),
+             mf("3.sql", "SELECT 'b'::mood;"), mf("4.sql", "SELECT 4;")]
+    assert files[1].ends_batch == (1, "ALTER TYPE ... ADD VALUE")
+    assert files[0].ends_batch is None and files[0].transactional
+    assert shape(m.plan_batches(files)) == [
+        (["1.sql", "2.sql"], True, [], False), (["3.sql", "4.sql"], True, [], False)]
+
+
+def test_rehearsal_stops_where_a_commit_is_needed_and_skips_no_transaction_files():
+    conn = FakeConn()
+    run = runner(conn)
+    files = [mf("1.sql", "SELECT 1;"), mf("2.sql", "VACUUM;"), mf("3.sql", "ALTER TYPE mood ADD VALUE 'b';"),
+             mf("4.sql", "SELECT 'b'::mood;")]
+    run.rehearse(m.plan_batches(files))
+    assert run.result["checked"] == ["1.sql", "3.sql"]
+    assert [(x["name"], x["line"]) for x in run.result["check_skipped"]] == [("2.sql", 1), ("4.sql", None)]
+    assert run.result["check_skipped"][1]["reason"] == (
+        "comes after 3.sql, whose ALTER TYPE ... ADD VALUE on line 1 must be committed first; not rehearsed")
+    assert conn.log.count("BEGIN") == 1 and conn.log[-1] == "ROLLBACK"
+
+
 def test_nothing_to_do_is_no_batch_and_adoption_alone_is_one():
     assert m.plan_batches([], [], False) == []
     assert shape(m.plan_batches([], [mf("0.sql", "SELECT 1;")], True)) == [([], True, ["0.sql"], True)]
