@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Regenerate the variable tables of docs/roles.md from the argument specs.
 
 Each role's table comes from roles/<role>/meta/argument_specs.yml, with the
@@ -9,8 +8,8 @@ dbops_* variables, with the playbooks that require each one (read from their
 qadhya.dbops.validate_inputs task). Only the text between the markers is
 rewritten; the prose and examples around it are written by hand.
 
-    python docs/gen_roles.py          # rewrite docs/roles.md
-    python docs/gen_roles.py --check  # exit 1 when it is out of date (CI)
+    .venv/bin/python docs/gen_roles.py          # rewrite docs/roles.md
+    .venv/bin/python docs/gen_roles.py --check  # exit 1 when it is out of date (CI)
 """
 
 import re
@@ -132,7 +131,7 @@ def main(argv):
     wanted = render(current)
     if "--check" in argv:
         if wanted != current:
-            print("docs/roles.md is out of date: run python docs/gen_roles.py", file=sys.stderr)
+            print("docs/roles.md is out of date: run .venv/bin/python docs/gen_roles.py", file=sys.stderr)
             return 1
         return 0
     DOC.write_text(wanted, encoding="utf-8")

@@ -125,7 +125,7 @@ def type_problem(name, spec, value):
 def _first_sentence(description):
     text = description[0] if isinstance(description, list) else (description or "")
     text = " ".join(text.split())
-    return text.split(". ")[0].rstrip(".")
+    return text.split(". ", maxsplit=1)[0].rstrip(".")
 
 
 def unknown_problem(name, known):
