@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import labkit
 import pytest
 import yaml
 
@@ -222,6 +223,21 @@ def test_example_inventory_sets_every_value_each_playbook_requires(env_name):
         [BIN / "ansible", "all", "-i", inv, *vault, "-m", VALIDATE, "-a", json.dumps({"required": required})],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False, env=ansible_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_generated_test_inventories_set_every_value_each_playbook_requires():
+    """Molecule scenarios and labkit write their own inventories; each sets what every playbook requires."""
+    required = {name for playbook in PLAYBOOKS for name in required_by(playbook)}
+    for molecule in sorted((REPO / "molecule").glob("*/molecule.yml")):
+        inventory = yaml.safe_load(molecule.read_text())["provisioner"]["inventory"]
+        names = set(inventory.get("group_vars", {}).get("all", {}))
+        for host in inventory.get("host_vars", {}).values():
+            names |= set(host)
+        assert required <= names, (molecule.parent.name, sorted(required - names))
+    info = {"env_file": "/srv/shop/.env", "db_container": "shop-db", "app_container": "shop-web",
+            "health_url": "http://127.0.0.1:8080/health"}
+    names = set(labkit.host_vars(info, "/srv/work"))
+    assert required <= names, ("labkit.host_vars", sorted(required - names))
 
 
 def test_roles_doc_is_generated_from_the_argument_specs():
