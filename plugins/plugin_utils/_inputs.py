@@ -11,6 +11,7 @@ host's templated variables.
 """
 
 import difflib
+import re
 from pathlib import Path
 
 import yaml
@@ -123,9 +124,11 @@ def type_problem(name, spec, value):
 
 
 def _first_sentence(description):
+    """What the variable is, short enough for one line: its description's first sentence, no asides."""
     text = description[0] if isinstance(description, list) else (description or "")
-    text = " ".join(text.split())
-    return text.split(". ", maxsplit=1)[0].rstrip(".")
+    text = re.sub(r"\b[BCIMOPVU]\(([^()]*)\)", r"\1", " ".join(text.split()))  # C(x) and co: plain x
+    text = text.split(". ", maxsplit=1)[0].rstrip(".")
+    return re.sub(r"\s*\([^()]*\)", "", text)
 
 
 def unknown_problem(name, known):

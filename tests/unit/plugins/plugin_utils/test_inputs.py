@@ -65,7 +65,7 @@ def test_a_typo_explains_the_missing_value_after_it():
     assert problems(values, ALL_APP) == [
         "unknown variable dbops_target_dbb; did you mean dbops_target_db? (rename it where it is set)",
         "dbops_target_db is required by consolidate.yml but not set: set it in the inventory or with -e "
-        "(Name the app's data must end under (one environment, one database))",
+        "(The database name the app's data must end under)",
     ]
 
 
@@ -192,3 +192,10 @@ def test_playbooks_require_only_documented_names():
                 if "qadhya.dbops.validate_inputs" in task:
                     required = (task["qadhya.dbops.validate_inputs"] or {}).get("required", [])
                     assert inputs.check_required_names(SPEC, required) == [], path.name
+
+
+@pytest.mark.parametrize("name", sorted(SPEC))
+def test_a_missing_value_line_says_what_the_variable_is_in_plain_words(name):
+    line = inputs.missing_problem(name, SPEC[name], False, "x.yml")
+    assert not re.search(r"\b[BCIMOPVU]\(", line), line
+    assert line.count("(") == line.count(")") == 1, line
