@@ -240,8 +240,8 @@ class BackupRunner:
         counter = threading.Thread(target=count_in_snapshot, name="row-counts")
         counter.start()
         try:
-            partial, nbytes, sha, cmd, warnings = self.tools.dump(database, fmt, level, snapshot, dest, name,
-                                                             zstd_where)
+            partial, nbytes, sha, cmd, warnings = self.tools.dump(
+                database, fmt, level, snapshot, dest, name, zstd_where)
         finally:
             counter.join()
             try:

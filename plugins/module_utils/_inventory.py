@@ -272,6 +272,7 @@ SELECT d.datname,
  ORDER BY d.datname
 """
 
+
 def list_databases(cur):
     cur.execute(LIST_DATABASES)
     result = {}
