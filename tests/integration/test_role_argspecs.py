@@ -14,6 +14,7 @@ not marked `integration`; they run with the rest under tests/integration in
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,17 @@ def test_argument_specs_cover_the_defaults(role):
         assert spec.get("type"), f"{role}: {name} has no type"
     var, _value, _words = BAD_INPUT[role]
     assert var in options, f"{role}: the bad-input case names an unknown option {var}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_tasks_read_only_specified_variables(role):
+    """A role variable the tasks read but the spec lacks is neither validated nor documented."""
+    text = "\n".join(p.read_text() for p in sorted((REPO / "roles" / role / "tasks").glob("*.yml")))
+    read = set(re.findall(r"\b%s_[a-z0-9_]+" % role, text))
+    # What the role sets itself: registered results and facts.
+    produced = set(re.findall(r"register:\s*(%s_\w+)" % role, text))
+    produced |= set(re.findall(r"^\s+(%s_\w+):" % role, text, re.M))
+    assert read - produced <= set(role_specs(role)), sorted(read - produced - set(role_specs(role)))
 
 
 def test_bad_role_input_is_rejected_before_any_task(tmp_path):
