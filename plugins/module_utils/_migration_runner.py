@@ -235,7 +235,6 @@ class MigrationRunner:
             records.append(Record(str(name), checksum, applied_at, bool(adopted)))
         return records
 
-
     def ensure_table(self, cur):
         """Create or upgrade the tracking table on `cur`, inside the caller's transaction.
 
@@ -325,7 +324,6 @@ class MigrationRunner:
             ).format(self.table_sql),
             (name, checksum, self.applied_by, execution_ms, adopted),
         )
-
 
     def _rollback_quietly(self):
         try:

@@ -498,5 +498,3 @@ def created_objects(statements):
         if obj is not None and obj not in seen:
             seen.append(obj)
     return seen
-
-

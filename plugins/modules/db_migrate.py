@@ -16,7 +16,7 @@ description:
   - "All or none: the pending files run in one transaction together with
     their records (and the tracking table's creation or upgrade), so a file
     that fails leaves none of its batch applied nor recorded."
-  - A file that PostgreSQL refuses inside a transaction block (C(CREATE
+  - "A file that PostgreSQL refuses inside a transaction block (C(CREATE
     INDEX CONCURRENTLY), C(DROP INDEX CONCURRENTLY), C(REINDEX ...
     CONCURRENTLY), C(VACUUM), C(ALTER SYSTEM), C(CREATE DATABASE), C(CREATE
     TABLESPACE), C(CREATE SUBSCRIPTION), their C(DROP)s, C(ALTER TABLE ...
@@ -25,7 +25,7 @@ description:
     alone, in its own step, one statement after the other; the batch before
     it is committed first and the files after it form the next batch. If
     such a file fails halfway, the statements before the failing one stay
-    applied; the message says which.
+    applied; the message says which."
   - A file that adds a value to an enum (C(ALTER TYPE ... ADD VALUE)) is the
     last of its batch, since PostgreSQL lets later files use the new value
     only once it is committed.

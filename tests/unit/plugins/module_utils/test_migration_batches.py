@@ -115,8 +115,8 @@ def test_unterminated_literals_are_found(text, expected):
     [
         ("", "migration 0002_x.sql is empty (no SQL statement, 0 bytes); add its SQL or remove the file"),
         ("-- only a comment\n/* and this */\n", "migration 0002_x.sql is empty (no SQL statement, 33 bytes)"),
-        ("SELECT 1;\nSELECT $$ x", "migration 0002_x.sql has an unterminated dollar-quoted string $$ "
-                                  "starting on line 2; close it"),
+        ("SELECT 1;\nSELECT $$ x",
+         "migration 0002_x.sql has an unterminated dollar-quoted string $$ starting on line 2; close it"),
         ("BEGIN;\nSELECT 1;", "migration 0002_x.sql contains BEGIN on line 1"),
     ],
 )
