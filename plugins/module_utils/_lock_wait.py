@@ -16,6 +16,7 @@ The watch reads only ``pg_stat_activity``; it never takes a lock itself.
 from __future__ import annotations
 
 import threading
+import time
 
 from ansible_collections.qadhya.dbops.plugins.module_utils._connection import psycopg2
 
@@ -84,6 +85,7 @@ class BlockerWatch:
         self.pid = pid
         self.interval = interval
         self.blockers = []
+        self.seen_at = None  # time.monotonic() of the last sighting
         self._stop = threading.Event()
         self._thread = None
 
@@ -94,7 +96,7 @@ class BlockerWatch:
                     cur.execute(_BLOCKERS, (self.pid,))
                     rows = cur.fetchall()
                     if rows:
-                        self.blockers = rows
+                        self.blockers, self.seen_at = rows, time.monotonic()
                     self._stop.wait(self.interval)
         except psycopg2.Error:
             return
@@ -111,15 +113,9 @@ class BlockerWatch:
             self._thread.join(timeout=5)
         return False
 
-    def describe(self):
-        """The blocking sessions seen, or a plain word when none was seen in time."""
-        if self.blockers:
+    def describe(self, max_age=None):
+        """The blocking sessions seen (within `max_age` seconds), or plain words when none was."""
+        fresh = max_age is None or (self.seen_at is not None and time.monotonic() - self.seen_at <= max_age)
+        if self.blockers and fresh:
             return describe_sessions(self.blockers)
         return "a session the watch did not see in time"
-
-    def lock_timeout_message(self, what, lock_timeout):
-        """One line for a statement that gave up waiting for a lock."""
-        return (
-            "%s waited %ss for a lock held by %s and stopped (lock_wait_timeout); end that "
-            "session or retry when it is done" % (what, ("%g" % lock_timeout), self.describe())
-        )

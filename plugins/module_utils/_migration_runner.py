@@ -448,8 +448,9 @@ class MigrationRunner:
     def _error_text(self, exc):
         """The server's error, with whose lock it waited for when it timed out."""
         if is_lock_timeout(exc):
+            # a sighting older than this wait was of another, earlier wait
             return "%s: waited %gs (lock_wait_timeout) for a lock held by %s" % (
-                pg_error_line(exc), self.timeouts.lock_wait, self.watch.describe())
+                pg_error_line(exc), self.timeouts.lock_wait, self.watch.describe(self.timeouts.lock_wait + 1))
         return pg_error_line(exc)
 
     def _step_error(self, batch, step, current, exc, rehearse, skipped):
@@ -467,12 +468,12 @@ class MigrationRunner:
             msg = batch_failure_message(batch, current, self._where(current, exc), error,
                                         rehearsal=rehearse, skipped=before)
         else:
-            what = {"setup": "creating or upgrading the tracking table",
-                    "adopt": "recording the adopted migrations",
-                    "record": "recording migration %s" % name,
-                    "commit": "committing"}[step]
-            msg = "%s %s failed: %s; nothing of its batch was %s" % (
-                what, self._label(), error, "changed" if rehearse else "applied")
+            what = {"setup": "creating or upgrading the tracking table %s",
+                    "adopt": "recording the adopted migrations in %s",
+                    "record": "recording migration %s in %%s" % name,
+                    "commit": "committing the batch with %s"}[step] % self._label()
+            msg = "%s failed: %s; nothing of its batch was %s" % (
+                what, error, "changed" if rehearse else "applied")
         return MigrationError(msg, failed=name, pgcode=pgcode)
 
     # -- the run -----------------------------------------------------------

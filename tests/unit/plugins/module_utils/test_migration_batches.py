@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg2
 import pytest
 from sqltext import flatten
@@ -363,6 +365,7 @@ def test_a_lock_timeout_names_the_blocking_session():
     conn = FakeConn(fail_on="ALTER TABLE users", error=error)
     run = runner(conn)
     run.watch.blockers = [(7001, "psql", "app", "idle in transaction", "2026-12-01 20:00:00+00")]
+    run.watch.seen_at = time.monotonic()
     with pytest.raises(m.MigrationError) as err:
         run.run_transaction(m.Batch([mf("1.sql", "ALTER TABLE users ADD c int;")]))
     assert err.value.msg == (
@@ -370,3 +373,22 @@ def test_a_lock_timeout_names_the_blocking_session():
         "waited 5s (lock_wait_timeout) for a lock held by pid 7001 (application psql, user app, "
         "idle in transaction since 2026-12-01 20:00:00+00); nothing of this file was applied")
     assert run.result["applied"] == []
+
+
+def test_a_stale_sighting_is_not_blamed():
+    error = PgError("canceling statement due to lock timeout", pgcode="55P03")
+    run = runner(FakeConn(fail_on="ALTER TABLE", error=error))
+    run.watch.blockers = [(7001, "psql", "app", "idle", "2026-12-01 20:00:00+00")]
+    run.watch.seen_at = time.monotonic() - 60
+    with pytest.raises(m.MigrationError, match="held by a session the watch did not see in time"):
+        run.run_transaction(m.Batch([mf("1.sql", "ALTER TABLE users ADD c int;")]))
+
+
+def test_a_record_that_fails_rolls_back_the_batch():
+    error = PgError('permission denied for table _migrations', pgcode="42501")
+    conn = FakeConn(fail_on='INSERT INTO "public"."_migrations"', error=error)
+    run = runner(conn)
+    with pytest.raises(m.MigrationError) as err:
+        run.run_transaction(m.Batch([mf("1.sql", "SELECT 1;")]))
+    assert err.value.msg == ("recording migration 1.sql in public._migrations failed: permission denied for "
+                             "table _migrations; nothing of its batch was applied")
