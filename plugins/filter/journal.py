@@ -109,7 +109,8 @@ def undo_plan(journal, probe):
     except Refusal as exc:
         raise AnsibleFilterError("cannot roll back automatically: %s" % exc) from None
     except (KeyError, TypeError) as exc:
-        raise AnsibleFilterError("cannot roll back automatically: the journal is malformed (%s)" % exc) from None
+        raise AnsibleFilterError("cannot roll back automatically: the journal is malformed (%s)"
+                                 % exc) from None
 
 
 def undo_describe(plan):

@@ -40,6 +40,10 @@ LIST_SESSIONS = (
     " WHERE datname = ANY(%s) AND pid <> pg_catalog.pg_backend_pid() ORDER BY pid"
 )
 SIGNAL_PIDS = "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid"
+PREPARED_XACTS = (
+    "SELECT database, count(*), min(gid), min(prepared)::text FROM pg_catalog.pg_prepared_xacts"
+    " WHERE database = ANY(%s) GROUP BY database ORDER BY database"
+)
 
 
 class RenameError(Exception):
@@ -230,6 +234,7 @@ class Renamer:
             drop = True
 
         dbs = [name] + ([target] if drop else [])
+        self._refuse_prepared(dbs)
         result.update(changed=True, would_rename=True, would_drop=drop)
         if self.check_mode:
             result["would_terminate"] = len(self._sessions(dbs))
@@ -288,6 +293,18 @@ class Renamer:
         finally:
             result["blocked_ms"] = int((self.clock() - started) * 1000)
         return result
+
+    def _refuse_prepared(self, dbs):
+        """A prepared transaction has no session to end, yet pins its database:
+        DROP and RENAME would fail inside the window (and a rename can bring a
+        PostgreSQL 15 server down), so refuse before anything changes."""
+        self.cur.execute(PREPARED_XACTS, (list(dbs),))
+        rows = self.cur.fetchall()
+        if rows:
+            shown = "; ".join("'%s' has %d (gid '%s', prepared %s)" % tuple(row) for row in rows)
+            raise RenameError(
+                "prepared transactions pin the databases to rename: %s; COMMIT PREPARED or ROLLBACK "
+                "PREPARED them (see pg_prepared_xacts) and rerun — nothing was changed" % shown)
 
     def _restore(self, blocked):
         """Allow connections again on `blocked`; returns the ones it could."""

@@ -150,10 +150,10 @@ def write_inventory(path, hosts):
     return Path(path)
 
 
-def run_playbook(playbook, inventory, *args, timeout=900):
+def run_playbook(playbook, inventory, *args, timeout=900, env=None):
     """ansible-playbook from the venv with the checkout's ansible.cfg; the CompletedProcess."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_NOCOLOR": "1"}
+           "ANSIBLE_NOCOLOR": "1", **(env or {})}
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", str(inventory),
             *map(str, args)]
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout,

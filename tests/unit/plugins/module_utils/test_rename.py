@@ -33,8 +33,10 @@ class FakeServer:
     disappears after `polls_left` polls (None: never, it ignores the signal).
     """
 
-    def __init__(self, dbs, sessions=None, fail_on=None):
+    def __init__(self, dbs, sessions=None, fail_on=None, prepared=None):
         self.dbs = dict(dbs)
+        # {database: [(gid, prepared at)]}: prepared transactions, which no signal ends
+        self.prepared = prepared or {}
         self.sessions = {pid: list(s) for pid, s in (sessions or {}).items()}
         self.signalled = set()
         self.statements = []
@@ -51,6 +53,9 @@ class FakeServer:
                 raise exc
         if text == rn.FIND_DATABASES:
             self._rows = [(n, a) for n, a in self.dbs.items() if n in params[0]]
+        elif text == rn.PREPARED_XACTS:
+            self._rows = [(db, len(x), min(g for g, _ in x), min(t for _, t in x))
+                          for db, x in sorted(self.prepared.items()) if db in params[0] and x]
         elif text == rn.SIGNAL_SESSIONS:
             self._rows = []
             for pid, s in self.sessions.items():
@@ -104,17 +109,23 @@ class Clock:
         self.now += seconds
 
 
-def renamer(server, tables=None, check_mode=False, timeout=10.0):
+def renamer(server, tables=None, check_mode=False, timeout=10.0, target_backup=None):
     clock = Clock()
     counted = []
+    journal = []
 
     def count(db):
         counted.append(db)
         return (tables or {}).get(db, {})
 
+    def record(step, **details):
+        # What the server looked like when the entry was written: before the change.
+        journal.append((step, details, dict(server.dbs)))
+
     r = rn.Renamer(server, count, check_mode=check_mode, terminate_timeout=timeout,
-                   clock=clock, sleep=clock.sleep)
+                   clock=clock, sleep=clock.sleep, journal=record, target_backup=target_backup)
     r.counted = counted
+    r.journal_entries = journal
     r.fake_clock = clock
     return r
 
@@ -278,6 +289,47 @@ def test_failure_after_drop_restores_source():
     assert "dropped the empty database 'qadhya'" in msg
     assert "connections allowed again on 'moncabinet'" in msg
     assert server.dbs == {"moncabinet": True}
+
+
+def test_failure_result_and_journal_say_what_was_done():
+    boom = psycopg2.errors.InsufficientPrivilege("must be owner of database moncabinet")
+    server = FakeServer({"moncabinet": True, "qadhya": True}, fail_on={"RENAME TO": boom})
+    r = renamer(server, {"qadhya": {}}, target_backup="/b/qadhya.dump")
+    with pytest.raises(rn.RenameError) as err:
+        r.run("moncabinet", "qadhya", "postgres", drop_empty_target=True)
+    assert err.value.result["dropped_target"] is True
+    assert err.value.result["renamed"] is False
+    assert err.value.result["blocked"] == []
+    steps = [(step, details) for step, details, _ in r.journal_entries]
+    assert steps == [
+        ("db_block", {"databases": ["moncabinet", "qadhya"]}),
+        ("db_drop", {"database": "qadhya", "backup": "/b/qadhya.dump"}),
+        ("db_rename", {"from": "moncabinet", "to": "qadhya"}),
+    ]
+    # Each entry is written before its change: the drop entry still sees qadhya.
+    assert "qadhya" in r.journal_entries[1][2]
+
+
+def test_journal_is_silent_in_check_mode_and_when_nothing_to_do():
+    server = FakeServer({"moncabinet": True, "qadhya": True})
+    r = renamer(server, {"qadhya": {}}, check_mode=True)
+    r.run("moncabinet", "qadhya", "postgres", drop_empty_target=True)
+    assert r.journal_entries == []
+    done = renamer(FakeServer({"qadhya": True}))
+    done.run("moncabinet", "qadhya", "postgres")
+    assert done.journal_entries == []
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_prepared_transaction_is_refused_before_any_change(check_mode):
+    server = FakeServer({"moncabinet": True, "qadhya": True},
+                        prepared={"qadhya": [("pin", "2026-12-01 10:00:00+00")]})
+    r = renamer(server, {"qadhya": {}}, check_mode=check_mode)
+    with pytest.raises(rn.RenameError, match=r"prepared transactions pin .*'qadhya' has 1 \(gid 'pin'"):
+        r.run("moncabinet", "qadhya", "postgres", drop_empty_target=True)
+    assert server.dbs == {"moncabinet": True, "qadhya": True}
+    assert r.journal_entries == []
+    assert not [s for s in server.statements if s.startswith(("ALTER", "DROP"))]
 
 
 def test_object_in_use_is_retried_once():

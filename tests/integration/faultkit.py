@@ -1,0 +1,180 @@
+"""Real faults for the integration tests: a Docker Engine that refuses one call,
+a watcher that strikes when the run's journal reaches a step, and snapshots of
+every table's rows to prove that nothing was lost.
+
+Nothing here replaces a component by a fake: the proxy forwards every other
+call to the real engine, and the faults are done to the real lab.
+"""
+
+import contextlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+class DockerFaultProxy:
+    """A unix socket in front of the Docker Engine that answers 500 to the
+    first `times` requests matching `method` and the `path` regex, and
+    forwards everything else (hijacked exec streams included).
+
+    Point DOCKER_HOST at `self.url` for the process under test.
+    """
+
+    def __init__(self, path, method, pattern, times=1):
+        self.path = str(path)
+        self.method = method
+        self.pattern = re.compile(pattern)
+        self.left = times
+        self.hits = []
+        self.lock = threading.Lock()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(64)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "unix://" + self.path
+
+    def close(self):
+        self.server.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _strike(self, method, target):
+        with self.lock:
+            if self.left > 0 and method == self.method and self.pattern.search(target):
+                self.left -= 1
+                self.hits.append("%s %s" % (method, target))
+                return True
+        return False
+
+    def _handle(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(65536)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        method, target = request_line.split(" ")[:2]
+        if self._strike(method, target):
+            body = json.dumps({"message": "injected fault: the engine refused %s %s" % (method, target)})
+            client.sendall(("HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                            "Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)).encode())
+            client.close()
+            return
+        headers, rest = head.split(b"\r\n\r\n", 1)
+        if b"upgrade:" not in headers.lower():
+            # One request per upstream connection: the proxy never has to parse a response.
+            lines = [line for line in headers.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+            headers = b"\r\n".join(lines + [b"Connection: close"])
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.connect(ENGINE_SOCKET)
+        upstream.sendall(headers + b"\r\n\r\n" + rest)
+        threads = [threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
+                   threading.Thread(target=_pipe, args=(upstream, client), daemon=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        client.close()
+        upstream.close()
+
+
+def _pipe(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+class JournalWatcher:
+    """Run `action()` once the newest journal in `journal_dir` holds an entry
+    whose step is `step` (the `occurrence`-th such entry). The modules write
+    an entry just before making the change it names, so the action lands
+    between that change and the next step of the run."""
+
+    def __init__(self, journal_dir, step, action, occurrence=1, timeout=600):
+        self.dir = Path(journal_dir)
+        self.step = step
+        self.action = action
+        self.occurrence = occurrence
+        self.deadline = time.monotonic() + timeout
+        self.fired = threading.Event()
+        self.error = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _entries(self):
+        journals = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
+        if not journals:
+            return []
+        try:
+            return json.loads(journals[-1].read_text()).get("entries") or []
+        except ValueError:
+            return []  # caught between two writes: the rename is atomic, but be safe
+
+    def _watch(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            if sum(1 for e in self._entries() if e.get("step") == self.step) >= self.occurrence:
+                try:
+                    self.action()
+                except Exception as exc:  # reported by the test
+                    self.error = exc
+                self.fired.set()
+                return
+            time.sleep(0.005)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+TABLES_SQL = (
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+)
+
+
+def snapshot(inst, database):
+    """{table: [rows, content checksum]} of every table of `database`: a hash
+    aggregate of each row's text, independent of the physical order."""
+    tables = [row[0] for row in inst.psql(database, TABLES_SQL)]
+    if not tables:
+        return {}
+    query = " UNION ALL ".join(
+        "SELECT %s, count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM %s t"
+        % ("'" + name.replace("'", "''") + "'", name) for name in tables)
+    return {row[0]: [int(row[1]), row[2]] for row in inst.psql(database, query)}
+
+
+def blocked_databases(inst):
+    return [row[0] for row in inst.psql("postgres", "SELECT datname FROM pg_database WHERE NOT datallowconn "
+                                                    "AND datname NOT IN ('template0')")]
