@@ -377,23 +377,24 @@ def scan_backups(directory, database=None, prefix=None):
             continue
         ours.append(dict(
             name=name, path=path, when=parsed["when"], verified=is_verified(manifest),
-            bytes=manifest.get("bytes"),
+            bytes=manifest.get("bytes"), purpose=manifest.get("purpose"),
         ))
     ours.sort(key=lambda e: (e["when"], e["name"]), reverse=True)
     return ours, sorted(ignored)
 
 
 def select_prune(entries, now, retention_days, retention_keep, protect=()):
-    """(delete, keep) among our backups `entries` (dicts with name, when, verified).
+    """(delete, keep) among our backups `entries` (dicts with name, when, verified, purpose).
 
     Deletes backups older than `retention_days`, except: the newest
     `retention_keep` verified backups, the newest verified backup (always)
-    and any name in `protect`.
+    and any name in `protect`. The dump of an emptied target is no backup
+    of the live data, so it never takes one of those protected places.
     """
     if retention_days < 0 or retention_keep < 0:
         raise BackupError("retention_days and retention_keep must be >= 0; fix the option values")
     ordered = sorted(entries, key=lambda e: (e["when"], e["name"]), reverse=True)
-    verified = [e["name"] for e in ordered if e["verified"]]
+    verified = [e["name"] for e in ordered if e["verified"] and e.get("purpose") not in NEVER_NEWEST]
     keep_names = set(verified[:max(retention_keep, 1)]) | set(protect)
     cutoff = now - datetime.timedelta(days=retention_days)
     delete, keep = [], []

@@ -244,6 +244,14 @@ def test_retention_exact_cutoff_is_kept():
     assert names(delete) == names([backups[1]])
 
 
+def test_retention_never_protects_the_dump_of_an_emptied_target():
+    empty = dict(entry(40), purpose="dropped_empty_target")
+    real = [entry(50), entry(60)]
+    delete, keep = bf.select_prune([empty] + real, NOW, retention_days=30, retention_keep=1)
+    # The newest real backup keeps the protected place; the empty dump ages out.
+    assert names(keep) == names(real[:1]) and names(delete) == names([empty, real[1]])
+
+
 def test_retention_refuses_negative_values():
     with pytest.raises(bf.BackupError):
         bf.select_prune([], NOW, retention_days=-1, retention_keep=1)
