@@ -138,7 +138,7 @@ options:
     description:
       - The newest O(retention_keep) verified backups are always kept, whatever
         their age. The newest verified backup is never deleted, even with V(0).
-      - A backup with O(purpose=dropped_empty_target) never counts among them: it is
+      - A backup with O(purpose=dropped_empty_target) never counts among them; it is
         deleted once older than O(retention_days).
     type: int
     default: 7
