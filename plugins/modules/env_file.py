@@ -78,7 +78,7 @@ sha256_after:
   description: sha256 of the file after the change (what it would be, in check mode).
   returned: always
   type: str
-values:
+previous:
   description: The value each key of O(values) had before (secrets masked).
   returned: always
   type: dict
@@ -168,7 +168,7 @@ def run(module):
         changes=[{k: item[k] for k in ("key", "before", "after", "appended")} for item in items],
         sha256_before=sha256(raw),
         sha256_after=sha256(new_raw),
-        values={key: envfile.mask_value(key, current.get(key)) for key in values},
+        previous={key: envfile.mask_value(key, current.get(key)) for key in values},
         lines=envfile.diff_text(text, values, path).splitlines(),
     )
     if module._diff and result["changed"]:
@@ -190,7 +190,7 @@ def run(module):
     journal = ModuleJournal(module)
     try:
         journal("env_write", file=path, backup=backup, sha256_before=result["sha256_before"],
-                sha256_after=result["sha256_after"], values=result["values"],
+                sha256_after=result["sha256_after"], previous=result["previous"],
                 set={k: envfile.mask_value(k, v) for k, v in values.items()})
     except JournalError as exc:
         module.fail_json(msg=str(exc), **result)

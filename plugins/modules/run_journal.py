@@ -191,8 +191,8 @@ class RunJournal:
                 "another run of qadhya.dbops is in progress on this host (%s); wait for it to finish — "
                 "if it died, rerun from the same controller, or check and remove %s"
                 % (self.describe(held), self.lock_path))
-        run_id = params.get("run_id") or "%s-%s" % (utc_now()[:19].replace("-", "").replace(":", ""),
-                                                     secrets.token_hex(2))
+        stamp = utc_now()[:19].replace("-", "").replace(":", "")
+        run_id = params.get("run_id") or "%s-%s" % (stamp, secrets.token_hex(2))
         path = self.path_of(run_id)
         controller = dict(params["controller"] or {})
         controller.setdefault("host", socket.gethostname())
