@@ -625,6 +625,20 @@ def test_role_passes_the_journal_and_the_lock_wait_timeout(scratch, tmp_path):
                     apply_migration_database=lab.it_database, apply_migration_dir=str(d),
                     apply_migration_journal=str(journal), apply_migration_lock_wait_timeout=2)
     inventory = write_inventory(tmp_path / "inv.json", {"lab-role": hostvars})
+
+    # the pre-check a playbook runs first: the broken file is named, nothing changes
+    (d / "20260302_broken.sql").write_text("SELECT 1;\nSELEC 2;\n")
+    before = snapshot(lab)
+    proc = run_playbook(playbook, inventory, "-e", "apply_migration_action=check")
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert ('migration 20260302_broken.sql would fail at line 2 (character 11): syntax error at or near '
+            '"SELEC"; nothing was changed') in proc.stdout
+    assert snapshot(lab) == before and json.loads(journal.read_text())["entries"] == []
+    (d / "20260302_broken.sql").unlink()
+    proc = run_playbook(playbook, inventory, "-e", "apply_migration_action=check")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "rehearsed 2 ok" in proc.stdout
+
     proc = run_playbook(playbook, inventory)
     assert proc.returncode == 0, proc.stdout[-3000:]
     # the yaml callback doubles the quotes of the outcome line
