@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 from ansible_collections.qadhya.dbops.plugins.module_utils._sql_scan import (
     NO_TRANSACTION_MARKER,
     commits_first,
@@ -415,9 +416,8 @@ def pg_error_line(exc):
     diag = getattr(exc, "diag", None)
     first = getattr(diag, "message_primary", None) if diag is not None else None
     if not first:
-        text = (getattr(exc, "pgerror", None) or str(exc) or exc.__class__.__name__).strip()
-        first = text.splitlines()[0] if text else exc.__class__.__name__
-        first = re.sub(r"^(?:ERROR|FATAL):\s+", "", first)
+        first = re.sub(r"^(?:ERROR|FATAL):\s+", "", first_line(getattr(exc, "pgerror", None) or exc)
+                       or exc.__class__.__name__)
     context = getattr(diag, "context", None) if diag is not None else None
     if context and context.strip():
         # innermost first: the statement, then the function and its line
