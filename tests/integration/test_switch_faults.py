@@ -10,7 +10,11 @@ whose one line names the step that failed.
 """
 
 import json
+import os
+import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -235,3 +239,107 @@ def test_a_write_during_the_window_fails_verification_and_keeps_the_row(case):
     assert inst.health() == (200, inst.health()[1]) and inst.health()[1]["database"] == SOURCE
     assert inst.env_file.read_bytes() == env_before
     assert blocked_databases(inst) == []
+
+
+ROLLBACK = REPO / "playbooks" / "rollback.yml"
+
+
+def newest_report(case):
+    return json.loads(sorted((case["work"] / "reports").glob("lab1-*.json"))[-1].read_text())
+
+
+def test_rollback_playbook_puts_a_success_back_and_then_changes_nothing(case):
+    inst = case["inst"]
+    repoint_first(inst)
+    env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
+    proc, report = consolidate(case)
+    assert report["result"] == "success", report["message"]
+    assert inst.health()[1]["database"] == "qadhya"
+    time.sleep(1)  # reports are named by the second they start in
+
+    first = run_playbook(ROLLBACK, case["inventory"])
+    report = newest_report(case)
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert report["result"] == "rolled_back", report["message"]
+    assert "renamed qadhya back to moncabinet" in report["message"]
+    assert inst.health()[0] == 200 and inst.health()[1]["database"] == SOURCE
+    assert inst.env_file.read_bytes() == env_before
+    assert snapshot(inst, SOURCE) == rows_before
+    assert "qadhya" in [row[0] for row in inst.psql("postgres", "SELECT datname FROM pg_database")]
+    assert blocked_databases(inst) == []
+    time.sleep(1)
+
+    second = run_playbook(ROLLBACK, case["inventory"])
+    assert second.returncode == 0 and newest_report(case)["result"] == "unchanged"
+    assert "nothing to roll back" in newest_report(case)["message"]
+    assert re.search(r"lab1\s*:.*\bchanged=0\b", second.stdout), second.stdout[-1500:]
+
+
+def crash_at(case, step, occurrence=1):
+    """Start consolidate.yml and SIGKILL its whole process group once the
+    journal reaches `step`: the state a power cut or an OOM kill leaves."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), str(PLAYBOOK), "-i",
+                             str(case["inventory"])], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    watcher = JournalWatcher(case["work"] / "backups" / "journal", step,
+                             lambda: os.killpg(proc.pid, signal.SIGKILL), occurrence=occurrence)
+    try:
+        proc.wait(timeout=600)
+    finally:
+        watcher.close()
+    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    assert (case["work"] / "backups" / "journal" / "run.lock").exists()
+
+
+@pytest.mark.parametrize("step", ["db_rename", "env_write", "app_start"])
+def test_a_crash_in_the_window_then_a_rerun_converges(case, step):
+    inst = case["inst"]
+    repoint_first(inst)
+    rows_before = snapshot(inst, SOURCE)
+    crash_at(case, step)
+    time.sleep(1)
+    proc, report = consolidate(case)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    status, body = inst.health()
+    assert status == 200 and body["database"] == "qadhya", (status, body)
+    assert snapshot(inst, "qadhya") == rows_before
+    assert blocked_databases(inst) == []
+    assert docker("inspect", inst.app + ".dbops-previous", check=False).returncode != 0
+    assert not (case["work"] / "backups" / "journal" / "run.lock").exists()
+    assert not list((case["work"] / "backups").glob(".*.tmp"))
+
+
+def test_a_crash_in_the_window_then_the_rollback_playbook_puts_it_back(case):
+    inst = case["inst"]
+    repoint_first(inst)
+    env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
+    crash_at(case, "env_write")
+    proc = run_playbook(ROLLBACK, case["inventory"])
+    report = newest_report(case)
+    assert proc.returncode == 0 and report["result"] == "rolled_back", report["message"]
+    assert inst.health()[0] == 200 and inst.health()[1]["database"] == SOURCE
+    assert inst.env_file.read_bytes() == env_before
+    assert snapshot(inst, SOURCE) == rows_before
+    assert blocked_databases(inst) == []
+    assert not (case["work"] / "backups" / "journal" / "run.lock").exists()
+
+
+def test_a_second_run_while_one_is_in_progress_fails_at_once_naming_it(case):
+    inst = case["inst"]
+    repoint_first(inst)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    first = subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), str(PLAYBOOK), "-i",
+                              str(case["inventory"])], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    lock = case["work"] / "backups" / "journal" / "run.lock"
+    try:
+        assert wait_for(lock.exists, timeout=120)
+        second = run_playbook(PLAYBOOK, case["inventory"])
+        assert second.returncode != 0
+        assert "another run of qadhya.dbops is in progress" in second.stdout
+        assert json.loads(lock.read_text())["run_id"] in second.stdout
+    finally:
+        assert first.wait(timeout=600) == 0
+    assert inst.health()[1]["database"] == "qadhya"
