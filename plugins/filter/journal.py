@@ -83,6 +83,11 @@ def plan_undo(journal, probe):
             app_touched = True
         elif step == "migration":
             kept.extend(entry.get("applied") or [])
+            kept.extend(entry.get("adopted") or [])
+            partial = entry.get("partial") or {}
+            if partial:
+                notes.append("%s: its first %s statement(s) stay applied (it cannot run in a transaction)"
+                             % (partial.get("name"), partial.get("statements_run")))
 
     if app.get("previous_exists"):
         app_touched = True

@@ -22,6 +22,8 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     sql,
     validate_identifier,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import tables_with_data
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import JournalError
 
 DB_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
@@ -87,15 +89,6 @@ def describe_rows(tables, limit=3):
     if len(ranked) > limit:
         parts.append("%d more table(s)" % (len(ranked) - limit))
     return ", ".join(parts)
-
-
-def rows_in(tables):
-    """Tables holding rows; tables owned by an extension do not count."""
-    return {
-        key: info
-        for key, info in tables.items()
-        if (info.get("rows") or 0) > 0 and not info.get("extension")
-    }
 
 
 class Renamer:
@@ -220,7 +213,7 @@ class Renamer:
 
         drop = False
         if target in existing:
-            tables = rows_in(self.count_tables(target))
+            tables = tables_with_data(self.count_tables(target), ignore=())
             if tables:
                 raise RenameError(
                     "target database '%s' holds data (%s); consolidation refused — nothing was changed"
@@ -283,7 +276,7 @@ class Renamer:
             result["blocked"] = list(blocked)
             restored = self._restore(blocked)
             result["blocked"] = [db for db in blocked if db not in restored]
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            reason = first_line(exc)
             done = "; ".join(self.actions) or "nothing"
             raise RenameError(
                 "renaming '%s' to '%s' failed: %s (done: %s%s)"

@@ -178,6 +178,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     InventoryError,
     inspect_database,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     ModuleJournal,
     journal_argument_spec,
@@ -252,9 +253,8 @@ def main():
     except InventoryError as exc:
         module.fail_json(msg=str(exc))
     except DB_ERRORS as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         module.fail_json(msg="renaming %r to %r failed before any change: %s"
-                         % (module.params["name"], module.params["target"], first))
+                         % (module.params["name"], module.params["target"], first_line(exc)))
     module.exit_json(**result)
 
 
