@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: help venv images lab-up lab-reset lab-down lab-status demo test lint sanity \
+.PHONY: help bootstrap venv images lab-up lab-reset lab-down lab-status demo test lint sanity \
         unit integration build changelog bench clean
 
 help: ## List the targets
@@ -26,9 +26,12 @@ $(VENV)/.installed: requirements.txt
 $(COLLECTION_LINK):
 	mkdir -p $(@D) && ln -sfn ../../../.. $@
 
+bootstrap: ## Install what the lab needs (Docker, debootstrap, Compose v2) and start the engine
+	.ci/bootstrap
+
 venv: $(VENV)/.installed $(COLLECTION_LINK) ## Create the virtualenv and expose the checkout as qadhya.dbops
 
-images: venv ## Build the lab images (offline-capable)
+images: bootstrap venv ## Build the lab images (offline-capable)
 	$(BIN)/python lab/lab.py build
 
 lab-up: images ## Bring the lab (INSTANCE=default) to the incident state

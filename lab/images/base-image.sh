@@ -14,29 +14,12 @@ if docker pull "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 
-mirror_from_apt_sources() {
-    local url=""
-    if [ -r /etc/apt/sources.list ]; then
-        url=$(awk '$1 == "deb" && $0 !~ /security/ {
-                   for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\//) { print $i; exit }
-               }' /etc/apt/sources.list)
-    fi
-    if [ -z "$url" ]; then
-        for f in /etc/apt/sources.list.d/*.sources; do
-            [ -r "$f" ] || continue
-            url=$(awk '$1 == "URIs:" && $2 !~ /security/ { print $2; exit }' "$f")
-            [ -n "$url" ] && break
-        done
-    fi
-    echo "${url:-http://deb.debian.org/debian}"
-}
-
 if ! command -v debootstrap >/dev/null 2>&1; then
     echo "base-image: cannot pull $IMAGE and debootstrap is missing (apt-get install debootstrap)" >&2
     exit 1
 fi
 
-mirror=$(mirror_from_apt_sources)
+mirror=$("$(dirname "$0")/apt-mirror.sh")
 rootfs=$(mktemp -d /var/tmp/qadhya-rootfs.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
 
