@@ -103,10 +103,44 @@ def row_count_diff(before, after):
     return lines
 
 
+def consolidation_steps(plan, migrations=(), repoint=False, app_action="restart"):
+    """The steps a run of the plan takes, in order, one short line each: what
+    a --check run lists, so that a person sees every change before it is made."""
+    plan = plan or {}
+    if plan.get("state") != "pending":
+        return []
+    source, target = plan.get("source"), plan.get("target")
+    steps = ["back up %s (verified)" % source]
+    if migrations:
+        steps.append("apply %d migration(s) to %s: %s" % (len(migrations), source, ", ".join(migrations)))
+    if repoint:
+        steps.append("point the app at its data: env DB_NAME %s -> %s, restart the app"
+                     % (plan.get("configured_database"), source))
+    if plan.get("drop_target"):
+        steps.append("back up, then drop the empty %s" % target)
+    steps.append("stop the app, end the sessions of %s, rename it to %s" % (source, target))
+    steps.append("set the env file's DB_NAME %s -> %s" % (source, target))
+    steps.append("%s the app, wait for health, verify every table's rows" % (app_action or "restart"))
+    return steps
+
+
+def count_changes(before, after):
+    """'rows 591, equal' or 'rows 589 -> 591: _migrations 0 -> 1, ...' (tables that changed)."""
+    before, after = before or {}, after or {}
+    total_before, total_after = sum(before.values()), sum(after.values())
+    if before == after:
+        return "rows %d in %d tables, equal before and after" % (total_after, len(after))
+    changed = ["%s %s -> %s" % (t, before.get(t, "-"), after.get(t, "-"))
+               for t in sorted(set(before) | set(after)) if before.get(t) != after.get(t)]
+    return "rows %d -> %d: %s" % (total_before, total_after, ", ".join(changed))
+
+
 class FilterModule:
     def filters(self):
         return {
             "consolidation_plan": consolidation_plan,
+            "consolidation_steps": consolidation_steps,
+            "count_changes": count_changes,
             "row_counts": row_counts,
             "row_count_diff": row_count_diff,
         }

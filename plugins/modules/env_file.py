@@ -38,6 +38,13 @@ options:
     description: Keep a copy of the old file, C(<path>.<pid>.<date>@<time>~), before writing.
     type: bool
     default: true
+  assume:
+    description:
+      - In check mode only, keys the file is taken to hold already - the edits a run makes before this
+        one, which check mode only planned - so that the reported change and diff are the ones a real
+        run would make. Ignored outside check mode.
+    type: dict
+    default: {}
 seealso:
   - module: qadhya.dbops.app_container
 """
@@ -156,7 +163,11 @@ def run(module):
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         module.fail_json(msg="env file %s is not UTF-8 (byte %d); save it as UTF-8" % (path, exc.start))
+    assume = module.params["assume"] if module.check_mode else {}
     try:
+        if assume:
+            text = envfile.set_values(text, {str(k): "" if v is None else str(v) for k, v in assume.items()})
+            raw = text.encode("utf-8")
         new_text = envfile.set_values(text, values)
         items = envfile.changes(text, values)
     except envfile.EnvFileError as exc:
@@ -203,6 +214,7 @@ def main():
         path=dict(type="path", required=True),
         values=dict(type="dict", required=True),
         backup=dict(type="bool", default=True),
+        assume=dict(type="dict", default={}),
     )
     argument_spec.update(journal_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

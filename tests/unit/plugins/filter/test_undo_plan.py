@@ -108,3 +108,4 @@ def test_migrations_are_kept_and_reported():
 def test_without_an_expected_database_it_refuses():
     with pytest.raises(AnsibleFilterError, match="which database the app used"):
         undo_plan(journal([{"step": "app_stop"}]), probe({"moncabinet": True}, BEFORE))
+
