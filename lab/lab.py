@@ -7,6 +7,11 @@ a state directory on the host. `reset` brings an instance back to that state
 in seconds by copying a cached, pre-loaded data directory.
 
 Usage: lab.py build|up|reset|down|status|env|recreate-app [options]
+
+App modes: `mounted` (the env file's directory bind-mounted, read at start),
+`created` (`docker run --env-file`, env fixed at creation) and `compose` (the
+app and PostgreSQL as services of a Docker Compose project whose directory
+holds the `.env`, read through `env_file:` at creation).
 """
 
 import argparse
@@ -40,7 +45,10 @@ SEED_FILES = (LAB_DIR / "generate_data.py", LAB_DIR / "seed" / "20-qadhya.sql")
 DEFAULT_INSTANCE = "default"
 DEFAULT_PORT = 3000
 FIRST_EXTRA_PORT = 3001
-MODES = ("mounted", "created")
+MODES = ("mounted", "created", "compose")
+COMPOSE_FILE = "compose.yaml"
+APP_SERVICE = "nextjs"
+DB_SERVICE = "postgres"
 LABEL = "qadhya.lab.instance"
 
 ENV_TEMPLATE = """\
@@ -54,6 +62,52 @@ NODE_ENV=production
 APP_TITLE="Qadhya – Assistant juridique"
 """
 
+# Compose reads .env with dotenv rules: quotes removed, a ` # comment` after an
+# unquoted value is no part of it. The compose instance's file uses both.
+COMPOSE_ENV_TEMPLATE = ENV_TEMPLATE.replace(
+    "DB_NAME={db_name}\n", "DB_NAME={db_name}  # the app's database (the report's incident: it is empty)\n"
+).replace('APP_TITLE="Qadhya – Assistant juridique"', 'APP_TITLE="Qadhya – Assistant juridique #1"  # quoted')
+
+# The project's compose.yaml: the report's two containers as services. The
+# network is the lab's own (created and labelled by lab.py), so `down` works
+# the same in every mode.
+COMPOSE_TEMPLATE = """\
+# Lab instance {name}: written by lab/lab.py (mode compose)
+name: {project}
+services:
+  postgres:
+    image: {pg_image}
+    container_name: {db_container}
+    restart: unless-stopped
+    labels:
+      {label}: "{name}"
+    environment:
+      POSTGRES_USER: {user}
+      POSTGRES_PASSWORD: {password}
+      POSTGRES_DB: {data_db}
+    volumes:
+      - {pgdata}:/var/lib/postgresql/data
+  nextjs:
+    image: {app_image}
+    container_name: {app_container}
+    init: true
+    restart: unless-stopped
+    labels:
+      {label}: "{name}"
+    env_file: .env
+    ports:
+      - "127.0.0.1:{port}:3000"
+    networks:
+      default:
+        aliases: [app]
+    depends_on:
+      postgres:
+        condition: service_healthy
+networks:
+  default:
+    name: {network}
+    external: true
+"""
 # Row counts of every public table, in one round trip per database.
 COUNT_SQL = """
 SELECT table_name,
@@ -284,6 +338,15 @@ class Instance:
     def env_file(self):
         return self.state_dir / "app" / ".env"
 
+    @property
+    def project(self):
+        """Compose project name (mode compose): lower case, as Compose wants it."""
+        return self.prefix.lower()
+
+    @property
+    def compose_file(self):
+        return self.env_file.parent / COMPOSE_FILE
+
     def describe(self):
         state = self.state_dir
         return {
@@ -298,6 +361,8 @@ class Instance:
             "health_url": f"http://127.0.0.1:{self.port}/api/health",
             "db_user": DB_USER,
             "db_password": DB_PASSWORD,
+            **({"compose_project": self.project, "compose_file": str(self.compose_file),
+                "compose_service": APP_SERVICE} if self.mode == "compose" else {}),
         }
 
     def save(self):
@@ -363,7 +428,8 @@ def write_env_file(inst, db_name=INCIDENT_DB):
     """Atomic replace, mode 0600 from creation: the file holds a password."""
     path = inst.env_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    content = ENV_TEMPLATE.format(name=inst.name, db_name=db_name, user=DB_USER, password=DB_PASSWORD)
+    template = COMPOSE_ENV_TEMPLATE if inst.mode == "compose" else ENV_TEMPLATE
+    content = template.format(name=inst.name, db_name=db_name, user=DB_USER, password=DB_PASSWORD)
     fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -396,7 +462,33 @@ def ensure_network(inst):
         docker("network", "create", "--label", f"{LABEL}={inst.name}", network)
 
 
+def write_compose_file(inst):
+    info = inst.describe()
+    content = COMPOSE_TEMPLATE.format(
+        name=inst.name, project=inst.project, pg_image=PG_IMAGE, app_image=APP_IMAGE, label=LABEL,
+        db_container=info["db_container"], app_container=info["app_container"], user=DB_USER,
+        password=DB_PASSWORD, data_db=DATA_DB, pgdata=info["pgdata"], port=inst.port,
+        network=info["network"])
+    inst.compose_file.parent.mkdir(parents=True, exist_ok=True)
+    inst.compose_file.write_text(content)
+
+
+def compose(inst, *args):
+    """`docker compose` on the instance's project, as its operator would type it."""
+    return docker("compose", "-p", inst.project, "-f", str(inst.compose_file),
+                  "--project-directory", str(inst.compose_file.parent), *args)
+
+
+def require_compose():
+    if docker("compose", "version", check=False).returncode != 0:
+        raise LabError("mode compose needs the Docker Compose v2 plugin (`docker compose`); "
+                       "run .ci/bootstrap as root to install it")
+
+
 def start_db(inst):
+    if inst.mode == "compose":
+        compose(inst, "up", "-d", DB_SERVICE)
+        return
     info = inst.describe()
     docker("run", "-d", "--name", info["db_container"],
            "--network", info["network"], "--network-alias", "postgres",
@@ -416,6 +508,9 @@ def app_config_args(inst):
 
 
 def start_app(inst):
+    if inst.mode == "compose":
+        compose(inst, "up", "-d", "--force-recreate", APP_SERVICE)
+        return
     info = inst.describe()
     # --init: tini forwards SIGTERM even before Python has installed its handler,
     # so `docker stop` is fast right after a start too.
@@ -426,7 +521,8 @@ def start_app(inst):
 
 
 def recreate_app(inst):
-    remove_container(inst.describe()["app_container"])
+    if inst.mode != "compose":
+        remove_container(inst.describe()["app_container"])
     start_app(inst)
     return wait_http(inst.describe()["health_url"])
 
@@ -437,10 +533,16 @@ def reset(inst):
     remove_container(info["app_container"])
     remove_container(info["db_container"])
     check_port(inst)
+    if inst.mode == "compose":
+        require_compose()
     seed = ensure_seed()
     replace_pgdata(inst, seed)
     reset_backups(inst)
     write_env_file(inst)
+    if inst.mode == "compose":
+        write_compose_file(inst)
+    else:
+        inst.compose_file.unlink(missing_ok=True)
     inst.save()
     ensure_network(inst)
     start_db(inst)
@@ -495,7 +597,11 @@ def env_value(path, key):
     for line in lines:
         name, sep, value = line.strip().partition("=")
         if sep and name.strip() == key:
-            return value.strip().strip("\"'")
+            value = value.strip()
+            if value[:1] in ("'", '"') and value[0] in value[1:]:
+                return value[1:value.index(value[0], 1)]
+            # dotenv: a blank then `#` starts a comment after an unquoted value
+            return value.split(" #", 1)[0].split("\t#", 1)[0].strip()
     return None
 
 

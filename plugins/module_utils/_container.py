@@ -11,7 +11,8 @@ and the logic of the ``app_container`` module:
   ``Config.Env`` at creation);
 * restart it, or recreate it with its exact configuration and only env
   values changed, keeping the previous container until the new one is
-  healthy;
+  healthy; a container managed by Docker Compose (its labels say so) is
+  recreated by Compose itself, that service only;
 * wait for Docker's health status and an HTTP 200 from the health URL;
 * prove the result: effective env, and ``docker inspect`` before/after.
 """
@@ -44,6 +45,13 @@ HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # inspect paths that may differ between a container and its recreation
 ALLOWED_DIFF = ("Id", "Created", "Config.Env")
+
+# Labels Docker Compose v2 puts on the containers of a project's services.
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_WORKING_DIR = "com.docker.compose.project.working_dir"
+COMPOSE_CONFIG_FILES = "com.docker.compose.project.config_files"
+COMPOSE_ONEOFF = "com.docker.compose.oneoff"
 
 
 class DockerAPIError(Exception):
@@ -334,6 +342,60 @@ def env_file_mount(info, env_file):
     return best[1] if best else None
 
 
+def compose_service(info):
+    """The Compose project and service a container belongs to, from its labels, or None.
+
+    A one-off container (``docker compose run``) is no service container.
+    """
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    project, service = labels.get(COMPOSE_PROJECT), labels.get(COMPOSE_SERVICE)
+    if not project or not service or labels.get(COMPOSE_ONEOFF) == "True":
+        return None
+    files = [item for item in (labels.get(COMPOSE_CONFIG_FILES) or "").split(",") if item]
+    return dict(project=project, service=service, working_dir=labels.get(COMPOSE_WORKING_DIR) or None,
+                config_files=files)
+
+
+def compose_recreate_argv(service, dry_run=False):
+    """``docker compose`` arguments recreating one service the way its operator would.
+
+    No ``--no-deps``: Compose 2.26 then labels the new container with a config
+    hash lacking its ``depends_on`` (docker/compose#12069), and the next plain
+    ``docker compose up -d`` recreates it again. Without it, dependencies are
+    only started if stopped, and recreated only when their own configuration
+    diverged, which the dry run (``dry_run=True``) finds before any change.
+    """
+    argv = ["compose", "-p", service["project"]]
+    for path in service["config_files"]:
+        argv.extend(["-f", path])
+    if service["working_dir"]:
+        argv.extend(["--project-directory", service["working_dir"]])
+    argv.extend(["up", "-d", "--force-recreate", service["service"]])
+    if dry_run:
+        argv.insert(argv.index("up") + 1, "--dry-run")
+    return argv
+
+
+_DRY_RUN_RE = re.compile(r"Container (\S+)\s+(Recreate|Create|Start)$")
+
+
+def compose_dry_run_others(output, own_name):
+    """Containers other than ``own_name`` a dry run of the recreate would recreate, create or start."""
+    others = []
+    for line in (output or "").splitlines():
+        match = _DRY_RUN_RE.search(line.strip())
+        if not match:
+            continue
+        name = match.group(1)
+        # the dry run names the container being replaced "<short id>_<name>"
+        if name == own_name or name.endswith("_" + own_name):
+            continue
+        item = "%s (%s)" % (name, match.group(2).lower())
+        if item not in others:
+            others.append(item)
+    return others
+
+
 def short_id(cid):
     return (cid or "")[:12]
 
@@ -498,6 +560,11 @@ def parse_docker_time(value):
     return seconds
 
 
+def last_line(text):
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
 def health_log_tail(info):
     health = (info.get("State") or {}).get("Health") or {}
     log = health.get("Log") or []
@@ -538,8 +605,10 @@ class AppContainer:
     """
 
     def __init__(self, params, api, http_get, check_mode=False, clock=time.monotonic, sleep=time.sleep,
-                 journal=None):
+                 journal=None, docker_cli=None):
         self.params = params
+        # docker_cli(argv) runs the docker CLI (Compose) and returns (rc, stdout, stderr).
+        self.docker_cli = docker_cli
         # journal(step, **details) records each change just before it is made.
         self.journal = journal or (lambda step, **details: None)
         self.api = api
@@ -621,6 +690,10 @@ class AppContainer:
             self.result["health_status"] = (state.get("Health") or {}).get("Status")
             return self.result
         self.result.update(changed=True, action="stopped")
+        if compose_service(info):
+            # Before the window opens: the start after the switch will ask Compose to recreate this
+            # service, and that must touch nothing else.
+            self._refuse_unsafe_compose_recreate(info)
         if self.check_mode:
             self.result["would"] = "stopped"
             return self.result
@@ -639,27 +712,42 @@ class AppContainer:
         state = info.get("State") or {}
         running = bool(state.get("Running"))
         if mount_path:
-            content, mtime = self._host_env_file()
-            file_env = envfile.parse(content)
-            bad = env_mismatches(file_env, self.wanted)
-            if bad and self.check_mode:
-                # The env file edit that precedes this step was only planned: say what a real run needs.
-                self.result.setdefault("warnings", []).append(
-                    "env_file %s does not hold %s yet; a real run needs it updated first (role update_env)"
-                    % (self.params["env_file"], describe_mismatch(file_env, self.wanted, bad)))
+            mtime = self._host_env_file_holds("mounted at %s in %s" % (mount_path, self.name),
+                                              "the app reads that file")
+            if mtime is None:
                 return "mounted", mount_path, False, config_env
-            if bad:
-                raise ContainerError(
-                    "env_file %s (mounted at %s in %s) does not hold %s; the app reads that file, so "
-                    "update the file first (role update_env / filter env_set)"
-                    % (self.params["env_file"], mount_path, self.name,
-                       describe_mismatch(file_env, self.wanted, bad))
-                )
             started = parse_docker_time(state.get("StartedAt"))
             fresh = running and started is not None and mtime <= started
             return "mounted", mount_path, fresh, config_env
         bad = env_mismatches(config_env, self.wanted)
+        service = compose_service(info)
+        if service:
+            self.result["compose"] = dict(project=service["project"], service=service["service"])
+            if bad and self.params.get("env_file"):
+                # Compose gives the new container what its env_file says: it must say it already.
+                self._host_env_file_holds(
+                    "read by Compose for service %s of project %s" % (service["service"], service["project"]),
+                    "a recreate takes its values from there")
+            return "compose", None, running and not bad, config_env
         return "created", None, running and not bad, config_env
+
+    def _host_env_file_holds(self, how, why):
+        """mtime of the host env file if it holds the wanted values; None (a warning) in check mode."""
+        content, mtime = self._host_env_file()
+        file_env = envfile.parse(content)
+        bad = env_mismatches(file_env, self.wanted)
+        if bad and self.check_mode:
+            # The env file edit that precedes this step was only planned: say what a real run needs.
+            self.result.setdefault("warnings", []).append(
+                "env_file %s does not hold %s yet; a real run needs it updated first (role update_env)"
+                % (self.params["env_file"], describe_mismatch(file_env, self.wanted, bad)))
+            return None
+        if bad:
+            raise ContainerError(
+                "env_file %s (%s) does not hold %s; %s, so update the file first (role update_env / "
+                "filter env_set)"
+                % (self.params["env_file"], how, describe_mismatch(file_env, self.wanted, bad), why))
+        return mtime
 
     def _started(self, info):
         mode, mount_path, env_ok, config_env = self._plan(info)
@@ -683,14 +771,16 @@ class AppContainer:
             chosen = "restart" if (mode == "mounted" or not config_bad) else "recreate"
         else:
             chosen = strategy
-        if chosen == "restart" and mode == "created" and config_bad:
+        if chosen == "restart" and mode in ("created", "compose") and config_bad:
             raise ContainerError(
                 "strategy=restart cannot give %s %s: it took its env at creation (Config.Env) and "
                 "env_file is not bind-mounted into it, so a restart keeps the old values; use "
                 "strategy=recreate or auto"
                 % (self.name, describe_mismatch(config_env, self.wanted, config_bad))
             )
-        if chosen == "recreate":
+        if chosen == "recreate" and mode == "compose":
+            self._refuse_unsafe_compose_recreate(info)
+        elif chosen == "recreate":
             self._refuse_unsafe_recreate(info)
         self.result["strategy"] = chosen
         self.result["changed"] = True
@@ -699,10 +789,15 @@ class AppContainer:
         if self.check_mode:
             self.result["would"] = action
             self.result["effective_env"] = masked(
-                {key: config_env.get(key) for key in self.wanted}) if mode == "created" else {}
+                {key: config_env.get(key) for key in self.wanted}) if mode in ("created", "compose") else {}
             return self.result
+        extra = {}
+        if mode == "compose":
+            extra["compose"] = "%(project)s/%(service)s" % self.result["compose"]
         self.journal("app_" + ("recreate" if chosen == "recreate" else "start"), container=self.name,
-                     id=info["Id"], action=action, was_running=running, env=masked(self.wanted))
+                     id=info["Id"], action=action, was_running=running, env=masked(self.wanted), **extra)
+        if chosen == "recreate" and mode == "compose":
+            return self._compose_recreate(info)
         if chosen == "recreate":
             return self._recreate(info, running, mode, mount_path)
         begin = self.clock()
@@ -740,6 +835,78 @@ class AppContainer:
                     else "now points to another image than the one it runs (%s)" % running_id,
                     running_id, image_ref)
             )
+
+    def _refuse_unsafe_compose_recreate(self, info):
+        """Before any change: the project's files are there and the docker CLI has Compose."""
+        service = compose_service(info)
+        missing = [path for path in service["config_files"] if not os.path.isfile(path)]
+        if not service["config_files"] or missing:
+            raise ContainerError(
+                "refusing to recreate %s through Compose: its project %s names config file(s) %s that are "
+                "not on the Docker host; run the module where the project lives, or recreate the service "
+                "yourself" % (self.name, service["project"], ", ".join(missing) or "(none)"))
+        if self.docker_cli is None:
+            raise ContainerError("%s is a Compose service, but no docker CLI is available" % self.name)
+        self.result.setdefault("compose", dict(project=service["project"], service=service["service"]))
+        rc, out, err = self.docker_cli(["compose", "version", "--short"])
+        if rc != 0:
+            raise ContainerError(
+                "%s is service %s of Compose project %s, but 'docker compose' does not work on the Docker "
+                "host (%s); install the Docker Compose v2 plugin" % (
+                    self.name, service["service"], service["project"], last_line(err or out)))
+        self.result["compose"]["version"] = out.strip()
+        if (info.get("State") or {}).get("Running"):
+            # A dry run of the very recreate (~0.6 s; skipped for a stopped app: the stop before the
+            # switch made it, outside the downtime window).
+            rc, out, err = self.docker_cli(compose_recreate_argv(service, dry_run=True))
+            if rc != 0:
+                raise ContainerError(
+                    "refusing to recreate %s: a dry run of 'docker compose up' for service %s of project %s "
+                    "fails (rc %s): %s" % (self.name, service["service"], service["project"], rc,
+                                           last_line(err or out)))
+            others = compose_dry_run_others(out + "\n" + err, self.name)
+            if others:
+                raise ContainerError(
+                    "refusing to recreate %s through Compose: project %s has pending changes, and "
+                    "'docker compose up %s' would also touch %s; apply or revert them first (docker "
+                    "compose up -d), then retry" % (self.name, service["project"], service["service"],
+                                                   ", ".join(others)))
+        # The image check of a plain recreate holds here too: Compose would run the tag's image.
+        config = info.get("Config") or {}
+        image = self.api.image(config.get("Image") or "") if config.get("Image") else None
+        if image is None or image.get("Id") != info.get("Image"):
+            raise ContainerError(
+                "refusing to recreate %s: its image %r no longer is the one it runs, so the new container "
+                "would run different code; re-tag the image it runs or recreate the service yourself"
+                % (self.name, config.get("Image")))
+
+    def _compose_recreate(self, old):
+        """`docker compose up -d --no-deps --force-recreate <service>`, then health and env proof."""
+        service = compose_service(old)
+        argv = compose_recreate_argv(service)
+        self.result["compose"]["cmd"] = ["docker", *argv]
+        begin = self.clock()
+        rc, out, err = self.docker_cli(argv)
+        self._mark("create", begin)
+        if rc != 0:
+            raise ContainerError(
+                "docker compose could not recreate service %s of project %s (rc %s): %s" % (
+                    service["service"], service["project"], rc, last_line(err or out)),
+                rc=rc, stderr=err[-2000:], cmd=self.result["compose"]["cmd"])
+        new_info = self._inspect()
+        self.result["container_id"] = new_info["Id"]
+        if new_info["Id"] == old["Id"]:
+            raise ContainerError("docker compose kept container %s (%s) instead of recreating it"
+                                 % (self.name, short_id(old["Id"])))
+        now = compose_service(new_info)
+        if not now or (now["project"], now["service"]) != (service["project"], service["service"]):
+            raise ContainerError("%s is no longer service %s of Compose project %s after the recreate"
+                                 % (self.name, service["service"], service["project"]))
+        self.result["previous_config_diff"] = inspect_diff(old, new_info)[0]
+        self._wait_ready(new_info, begin)
+        self._verify_env(self._inspect(new_info["Id"]), "compose", None)
+        self.result["elapsed_s"] = round(self.clock() - begin, 3)
+        return self.result
 
     # -- recreate ------------------------------------------------------
     def _recreate(self, old, running, mode, mount_path):

@@ -17,8 +17,8 @@ description:
   - "How the env reaches the app decides what a start needs. When a bind mount of the container
     covers O(env_file) (the file itself or its directory), the app reads that file when it starts, so
     a restart is enough (env mode C(mounted)). Otherwise the container took its env when it was
-    created (C(docker run --env-file)), it is fixed in C(Config.Env), and only a new container
-    changes it (env mode C(created))."
+    created (C(docker run --env-file), or Compose's C(env_file:)), it is fixed in C(Config.Env), and
+    only a new container changes it (env mode C(created), or C(compose) for a Compose service)."
   - A recreate keeps the container's exact configuration (image, command, entrypoint, labels,
     healthcheck, exposed and published ports, binds and mounts, restart policy, log config, networks
     with their aliases and static addresses, user, working dir, ...); only the env values of O(env) are
@@ -28,16 +28,27 @@ description:
     rollback that starts it again with the old env), and the module fails with one line giving the
     health status, the last health check output and the HTTP status.
   - After the start, the module proves the app uses the wanted values (RV(effective_env)) - in mode
-    C(created) from the new container's C(Config.Env), in mode C(mounted) from the env file as read
-    inside the container - and, when the health URL returns JSON with a C(database) key, that it equals
-    the C(DB_NAME) of O(env).
+    C(created) and C(compose) from the new container's C(Config.Env), in mode C(mounted) from the env
+    file as read inside the container - and, when the health URL returns JSON with a C(database) key,
+    that it equals the C(DB_NAME) of O(env).
   - A recreate refuses to run when the container keeps data in anonymous volumes (a new container
     would start with new, empty ones) unless O(allow_anonymous_volumes=true), and when the image tag in
     its configuration now points to another image than the one it runs.
-  - "Containers managed by Docker Compose keep their labels in a recreate, but a later
-    C(docker compose up) sees that the env no longer matches its config hash label and recreates
-    the container once more. Compose is not used by this module (Compose v2 is not available
-    on the hosts this collection targets)."
+  - "A container managed by Docker Compose (labels C(com.docker.compose.project), C(.service),
+    C(.project.working_dir), C(.project.config_files)) that must get new env values is recreated by
+    Compose itself, that service only - C(docker compose -p <project> -f <config files>
+    --project-directory <working dir> up -d --force-recreate <service>) - so it stays that service and a
+    later C(docker compose up -d) changes nothing (env mode C(compose)). Before any change (at the stop,
+    or before the recreate of a running app) a C(--dry-run) of that command must show that no other
+    container of the project would be created or recreated (pending changes to the database service,
+    say); C(--no-deps) is not used, because Compose 2.26 then labels the new container with another
+    config hash and the next C(docker compose up -d) recreates it again (docker/compose#12069). Compose
+    gives the new container what the service's C(env_file:) says, read with Compose's own C(.env) rules
+    (quotes removed, a C( # comment) after an unquoted value ignored); when O(env_file) is given, the
+    module fails before any change if that file does not hold the values of O(env). Compose does not
+    recreate a service whose C(env_file) content alone changed, which is why the module asks for the
+    recreate. This needs the C(docker) CLI with the Compose v2 plugin on the Docker host, and the
+    project's config files there."
   - Talks to the Docker Engine API directly (unix socket, standard library only); no Docker SDK for
     Python is needed on the Docker host.
 options:
@@ -126,6 +137,7 @@ notes:
     after its restart.
 requirements:
   - Access to the Docker Engine socket on the host the module runs on.
+  - For a container managed by Docker Compose, the C(docker) CLI with the Compose v2 plugin.
 seealso:
   - module: community.docker.docker_container
 extends_documentation_fragment:
@@ -178,7 +190,9 @@ would:
   type: str
   sample: restarted
 env_mode:
-  description: V(mounted) when the container reads O(env_file) through a bind mount, V(created) otherwise.
+  description:
+    - V(mounted) when the container reads O(env_file) through a bind mount, V(compose) for a service
+      container of a Docker Compose project, V(created) otherwise.
   returned: when state=started
   type: str
   sample: created
@@ -226,6 +240,13 @@ previous_config_diff:
   type: list
   elements: str
   sample: ["Config.Env", "Created", "Id"]
+compose:
+  description:
+    - For a Compose service container, its C(project) and C(service); after a recreate also the
+      C(cmd) that ran and the Compose C(version).
+  returned: when the container belongs to a Compose project and state=started
+  type: dict
+  sample: {"project": "moncabinet", "service": "nextjs", "version": "2.26.1"}
 container_id:
   description: Id of the container that has O(name) at the end.
   returned: always
@@ -296,6 +317,20 @@ class HealthProbe:
             return None, b"", "%s: %s" % (type(exc).__name__, to_native(exc))
 
 
+class DockerCLI:
+    """Run the docker CLI (only Compose needs it) against the module's engine."""
+
+    def __init__(self, module, docker_host):
+        self.module = module
+        self.environ = {"DOCKER_HOST": docker_host} if docker_host else {}
+
+    def __call__(self, argv):
+        docker = self.module.get_bin_path("docker")
+        if not docker:
+            return 127, "", "the docker CLI is not installed on the Docker host"
+        return self.module.run_command([docker, *argv], environ_update=self.environ)
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
@@ -310,7 +345,8 @@ def main():
     except DockerAPIError as exc:
         module.fail_json(msg=str(exc))
     manager = AppContainer(params, api, HealthProbe(params["validate_certs"]), check_mode=module.check_mode,
-                           journal=ModuleJournal(module))
+                           journal=ModuleJournal(module),
+                           docker_cli=DockerCLI(module, params.get("docker_host")))
     try:
         result = manager.run()
     except ContainerError as exc:
