@@ -869,8 +869,8 @@ class AppContainer:
                 raise ContainerError(
                     "refusing to recreate %s through Compose: project %s has pending changes, and "
                     "'docker compose up %s' would also touch %s; apply or revert them first (docker "
-                    "compose up -d), then retry" % (self.name, service["project"], service["service"],
-                                                   ", ".join(others)))
+                    "compose up -d), then retry"
+                    % (self.name, service["project"], service["service"], ", ".join(others)))
         # The image check of a plain recreate holds here too: Compose would run the tag's image.
         config = info.get("Config") or {}
         image = self.api.image(config.get("Image") or "") if config.get("Image") else None
