@@ -66,8 +66,12 @@ unit: venv ## Unit tests only
 integration: images ## Integration tests on the real lab
 	pytest -m integration tests/integration
 
+# Test files run side by side on TEST_WORKERS workers (each file's lab
+# instances are its own); most of their time is spent waiting on Docker.
+TEST_WORKERS ?= 2
+
 test: lint sanity images ## Everything CI runs: lint, sanity, unit and integration tests
-	pytest tests/unit tests/integration
+	pytest -n $(TEST_WORKERS) --dist loadfile tests/unit tests/integration
 
 build: venv ## Build the collection tarball into .cache/dist
 	ansible-galaxy collection build --force --output-path .cache/dist .

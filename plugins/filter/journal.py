@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-"""Decide how to undo a run from its journal and the real state (docs in undo_plan.yml)."""
+"""Decide how to undo a run from its journal and the real state (docs in the sidecar .yml files)."""
 
 from ansible.errors import AnsibleFilterError
 
@@ -100,7 +100,11 @@ def plan_undo(journal, probe):
     steps.extend(dict(do="allow", database=name) for name in allow)
     steps.extend(db_steps)
     steps.extend(env_steps)
-    if steps or app_touched:
+    if expect.get("running") is False:
+        # The app was stopped before the run (a restore in progress): leave it so.
+        if app.get("running") and not any(step["do"] == "stop_app" for step in steps):
+            steps.insert(0, dict(do="stop_app"))
+    elif steps or app_touched:
         if not expect.get("database"):
             raise Refusal("the journal does not say which database the app used before the run")
         steps.append(dict(do="start_app", database=expect["database"], healthy=bool(expect.get("healthy"))))

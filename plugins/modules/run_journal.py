@@ -65,7 +65,12 @@ options:
   state:
     description: With V(close), the run's final state.
     type: str
-    choices: [success, unchanged, rolled_back, failed, undone, planned]
+    choices: [running, success, unchanged, rolled_back, failed, undone, planned]
+  states:
+    description: With V(read) of a playbook's newest journal, only journals in one of these states count.
+    type: list
+    elements: str
+    choices: [running, success, unchanged, rolled_back, failed, undone, planned]
 """
 
 EXAMPLES = r"""
@@ -91,7 +96,7 @@ run_id:
   description: The run's id (also the journal file's name without C(.json)).
   returned: success
   type: str
-  sample: 20261201T220501Z-3f2a
+  sample: 20261201T220501-3f2a
 path:
   description: The journal file.
   returned: success
@@ -130,6 +135,9 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
 )
 
 
+STATES = ["running", "success", "unchanged", "rolled_back", "failed", "undone", "planned"]
+
+
 class RunJournal:
     def __init__(self, module):
         self.module = module
@@ -165,9 +173,10 @@ class RunJournal:
                 continue
         return found
 
-    def newest(self, playbook=None):
+    def newest(self, playbook=None, states=None):
         for document in self.journals():
-            if not playbook or document.get("playbook") == playbook:
+            if (not playbook or document.get("playbook") == playbook) and \
+                    (not states or document.get("state") in states):
                 return document
         return {}
 
@@ -252,7 +261,8 @@ class RunJournal:
 
     def read(self):
         run_id = self.params.get("run_id")
-        document = read_journal(self.path_of(run_id)) if run_id else self.newest(self.params.get("playbook"))
+        document = read_journal(self.path_of(run_id)) if run_id else self.newest(
+            self.params.get("playbook"), self.params.get("states"))
         return dict(changed=False, run_id=document.get("run_id", ""), journal=document, lock=self.lock(),
                     path=self.path_of(document["run_id"]) if document else "")
 
@@ -269,8 +279,8 @@ def main():
             controller=dict(type="dict", default={}),
             holder_dead=dict(type="bool", default=False),
             entry=dict(type="dict"),
-            state=dict(type="str", choices=["success", "unchanged", "rolled_back", "failed", "undone",
-                                            "planned"]),
+            state=dict(type="str", choices=STATES),
+            states=dict(type="list", elements="str", choices=STATES),
         ),
         required_if=[("action", "append", ("run_id", "entry")), ("action", "close", ("run_id", "state"))],
         supports_check_mode=True,

@@ -8,7 +8,7 @@ helpers themselves live in labkit.py.
 import json
 
 import pytest
-from labkit import IT_INSTANCE, LabInstance, docker, free_port, run_lab
+from labkit import IT_INSTANCE, LabInstance, docker, free_port, lab_up, run_lab
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,12 @@ def incident_lab(lab_instance):
     """The session instance, reset to the incident state after the test."""
     yield lab_instance
     lab_instance.reset("--mode", "mounted")
+
+
+@pytest.fixture(scope="module")
+def module_lab(request):
+    """A lab instance of the test module's own (named by its INSTANCE), for the module."""
+    name = request.module.INSTANCE
+    inst = lab_up(name)
+    yield inst
+    run_lab("down", "--instance", name, check=False)

@@ -19,7 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_PY = REPO / "lab" / "lab.py"
-IT_INSTANCE = os.environ.get("QADHYA_IT_INSTANCE", "itlab")
+# One session instance per pytest-xdist worker: workers run test files side by side.
+IT_INSTANCE = os.environ.get("QADHYA_IT_INSTANCE", "itlab") + (
+    "-" + os.environ["PYTEST_XDIST_WORKER"] if os.environ.get("PYTEST_XDIST_WORKER") else "")
 
 
 def run_lab(*args, env=None, check=True, timeout=900):

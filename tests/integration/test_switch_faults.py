@@ -20,26 +20,20 @@ from pathlib import Path
 
 import pytest
 from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, snapshot
-from labkit import docker, host_vars, lab_up, run_lab, run_playbook, wait_for, write_inventory
+from labkit import docker, host_vars, run_lab, run_playbook, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "consolidate.yml"
-INSTANCE = "itfault"
+INSTANCE = os.environ.get("QADHYA_FAULT_INSTANCE", "itfault")
 SOURCE = "moncabinet"
 
 
-@pytest.fixture(scope="module")
-def lab():
-    inst = lab_up(INSTANCE)
-    yield inst
-    run_lab("down", "--instance", INSTANCE, check=False)
-
-
 @pytest.fixture
-def case(lab, tmp_path):
+def case(module_lab, tmp_path):
     """The instance reset to the incident state, with an inventory in tmp_path."""
+    lab = module_lab
     lab.reset("--mode", "mounted")
     wait_for(lambda: lab.health()[0] is not None, timeout=30)
     # No migrations: they are kept by a rollback (tested in test_db_migrate), and
@@ -101,17 +95,24 @@ def assert_rolled_back(case, proc, report, env_before, rows_before, failed_step)
     assert not (case["work"] / "backups" / "journal" / "run.lock").exists()
 
 
-def test_stop_refused_by_the_engine(case, tmp_path):
+def engine_refuses(case, tmp_path, pattern, failed_step):
+    """consolidate.yml with the Docker Engine refusing once the call matching
+    `pattern`; asserts the rollback. The lab must be in the state to keep."""
     inst = case["inst"]
-    repoint_first(inst)
     env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
-    proxy = DockerFaultProxy(tmp_path / "docker.sock", "POST", r"/containers/[^/]+/stop")
+    proxy = DockerFaultProxy(tmp_path / "docker.sock", "POST", pattern)
     try:
         proc, report = consolidate(case, env={"DOCKER_HOST": proxy.url})
     finally:
         proxy.close()
     assert proxy.hits, "the fault never struck"
-    assert_rolled_back(case, proc, report, env_before, rows_before, "Stop the app")
+    assert_rolled_back(case, proc, report, env_before, rows_before, failed_step)
+
+
+def test_stop_refused_by_the_engine(case, tmp_path):
+    inst = case["inst"]
+    repoint_first(inst)
+    engine_refuses(case, tmp_path, r"/containers/[^/]+/stop", "Stop the app")
     assert "qadhya" in [row[0] for row in inst.psql("postgres", "SELECT datname FROM pg_database")]
 
 
@@ -176,16 +177,8 @@ def test_env_write_fails_renames_back(case):
 
 
 def test_start_refused_by_the_engine(case, tmp_path):
-    inst = case["inst"]
-    repoint_first(inst)
-    env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
-    proxy = DockerFaultProxy(tmp_path / "docker.sock", "POST", r"/containers/[^/]+/start")
-    try:
-        proc, report = consolidate(case, env={"DOCKER_HOST": proxy.url})
-    finally:
-        proxy.close()
-    assert proxy.hits
-    assert_rolled_back(case, proc, report, env_before, rows_before, "Start the app")
+    repoint_first(case["inst"])
+    engine_refuses(case, tmp_path, r"/containers/[^/]+/start", "Start the app")
 
 
 def test_recreate_refused_by_the_engine(case, tmp_path):
@@ -194,14 +187,7 @@ def test_recreate_refused_by_the_engine(case, tmp_path):
     inst.set_env("DB_NAME", SOURCE)
     run_lab("recreate-app", "--instance", INSTANCE, "--mode", "created")
     assert wait_for(lambda: inst.health()[0] == 200, timeout=30), inst.health()
-    env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
-    proxy = DockerFaultProxy(tmp_path / "docker.sock", "POST", r"/containers/create")
-    try:
-        proc, report = consolidate(case, env={"DOCKER_HOST": proxy.url})
-    finally:
-        proxy.close()
-    assert proxy.hits
-    assert_rolled_back(case, proc, report, env_before, rows_before, "Start the app")
+    engine_refuses(case, tmp_path, r"/containers/create", "Start the app")
 
 
 def test_app_never_healthy_on_the_new_name(case):

@@ -109,3 +109,11 @@ def test_without_an_expected_database_it_refuses():
     with pytest.raises(AnsibleFilterError, match="which database the app used"):
         undo_plan(journal([{"step": "app_stop"}]), probe({"moncabinet": True}, BEFORE))
 
+
+def test_an_app_stopped_before_the_run_is_left_stopped():
+    entries = [{"step": "checkpoint", "expect": {"database": "gone", "healthy": False, "running": False}},
+               {"step": "env_write", "file": "/e", "backup": "/e~", "sha256_before": BEFORE,
+                "sha256_after": AFTER},
+               {"step": "app_start", "container": "app"}]
+    plan = undo_plan(journal(entries), probe({"copy": True}, AFTER, running=True))
+    assert kinds(plan) == ["stop_app", "restore_env"]

@@ -54,7 +54,7 @@ class FakeServer:
         if text == rn.FIND_DATABASES:
             self._rows = [(n, a) for n, a in self.dbs.items() if n in params[0]]
         elif text == rn.PREPARED_XACTS:
-            self._rows = [(db, len(x), min(g for g, _ in x), min(t for _, t in x))
+            self._rows = [(db, len(x), min(pair[0] for pair in x), min(pair[1] for pair in x))
                           for db, x in sorted(self.prepared.items()) if db in params[0] and x]
         elif text == rn.SIGNAL_SESSIONS:
             self._rows = []
