@@ -52,8 +52,8 @@ def repoint_first(inst):
     assert wait_for(lambda: inst.health()[0] == 200, timeout=30), inst.health()
 
 
-def consolidate(case, env=None):
-    proc = run_playbook(PLAYBOOK, case["inventory"], env=env)
+def consolidate(case, *args, env=None):
+    proc = run_playbook(PLAYBOOK, case["inventory"], *args, env=env)
     reports = sorted((case["work"] / "reports").glob("lab1-*.json"))
     assert reports, proc.stdout[-3000:] + proc.stderr[-2000:]
     return proc, json.loads(reports[-1].read_text())
@@ -238,12 +238,20 @@ def test_rollback_playbook_puts_a_success_back_and_then_changes_nothing(case):
     inst = case["inst"]
     repoint_first(inst)
     env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
-    proc, report = consolidate(case)
+    proc, report = consolidate(case, "-vvv")
     assert report["result"] == "success", report["message"]
     assert inst.health()[1]["database"] == "qadhya"
     time.sleep(1)  # reports are named by the second they start in
 
-    first = run_playbook(ROLLBACK, case["inventory"])
+    first = run_playbook(ROLLBACK, case["inventory"], "-vvv")
+    # The password is in the env file and in both containers' env: never in what a run prints.
+    password = inst.info["db_password"]
+    for out in (proc.stdout + proc.stderr, first.stdout + first.stderr):
+        assert password not in out
+    journal_dir = case["work"] / "backups" / "journal"
+    assert not [p for p in journal_dir.iterdir() if password in p.read_text()]
+    assert not [p for p in (case["work"] / "reports").iterdir() if password in p.read_text()]
+    assert {oct(p.stat().st_mode & 0o777) for p in journal_dir.iterdir()} == {"0o600"}
     report = newest_report(case)
     assert first.returncode == 0, first.stdout[-2000:]
     assert report["result"] == "rolled_back", report["message"]
