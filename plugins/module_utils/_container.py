@@ -306,7 +306,8 @@ def describe_mismatch(actual, wanted, keys):
     parts = []
     for key in keys:
         have = actual.get(key)
-        parts.append("%s=%s (wanted %s)" % (
+        # What is there first, then what is wanted: "DB_NAME=qadhya instead of moncabinet".
+        parts.append("%s=%s instead of %s" % (
             key,
             "<unset>" if have is None else envfile.mask_value(key, have),
             envfile.mask_value(key, wanted[key]),
@@ -739,12 +740,12 @@ class AppContainer:
         if bad and self.check_mode:
             # The env file edit that precedes this step was only planned: say what a real run needs.
             self.result.setdefault("warnings", []).append(
-                "env_file %s does not hold %s yet; a real run needs it updated first (role update_env)"
+                "env_file %s holds %s; a real run updates it first (role update_env)"
                 % (self.params["env_file"], describe_mismatch(file_env, self.wanted, bad)))
             return None
         if bad:
             raise ContainerError(
-                "env_file %s (%s) does not hold %s; %s, so update the file first (role update_env / "
+                "env_file %s (%s) holds %s; %s, so update the file first (role update_env / "
                 "filter env_set)"
                 % (self.params["env_file"], how, describe_mismatch(file_env, self.wanted, bad), why))
         return mtime
@@ -773,8 +774,9 @@ class AppContainer:
             chosen = strategy
         if chosen == "restart" and mode in ("created", "compose") and config_bad:
             raise ContainerError(
-                "strategy=restart cannot give %s %s: it took its env at creation (Config.Env) and "
-                "env_file is not bind-mounted into it, so a restart keeps the old values; use "
+                "strategy=restart cannot change %s, which has %s: it took its env at creation "
+                "(Config.Env) and env_file is not bind-mounted into it, so a restart keeps the old "
+                "values; use "
                 "strategy=recreate or auto"
                 % (self.name, describe_mismatch(config_env, self.wanted, config_bad))
             )
