@@ -3,7 +3,7 @@ virtualenv, used by its FQCN with no help from the checkout.
 
 One session builds the tarball, creates one fresh virtualenv with the pinned
 ansible-core + ansible (which bundles community.postgresql and
-community.docker) + psycopg2-binary, and installs the tarball into a temporary
+community.docker) + psycopg2-binary + requests (what a Docker host needs), and installs the tarball into a temporary
 collections path. Every command then runs from a temporary directory with an
 empty ansible.cfg, so nothing resolves through the checkout's
 `.cache/collections` link. The execution environment definition is checked
@@ -84,7 +84,7 @@ def fresh_venv(tmp_path_factory):
     proc = run([python, "-m", "venv", venv], cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     proc = run([venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check",
-                *pins("ansible-core", "ansible", "psycopg2-binary")], cwd=REPO, timeout=900)
+                *pins("ansible-core", "ansible", "psycopg2-binary", "requests")], cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv
 
