@@ -4,9 +4,9 @@ virtualenv, used by its FQCN with no help from the checkout.
 One session builds the tarball, creates one fresh virtualenv with the pinned
 ansible-core + ansible (which bundles community.postgresql and
 community.docker) + psycopg2-binary + requests (what a Docker host needs),
-and installs the tarball into a temporary collections path. Every command then runs from a temporary directory with an
-empty ansible.cfg, so nothing resolves through the checkout's
-`.cache/collections` link. The execution environment definition is checked
+and installs the tarball into a temporary collections path. Every command
+then runs from a temporary directory with an empty ansible.cfg, so nothing
+resolves through the checkout's `.cache/collections` link. The execution environment definition is checked
 with ansible-builder's `create` step (building the image needs a registry).
 """
 
