@@ -9,7 +9,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.qadhya.dbops.plugins.filter.journal import undo_describe, undo_plan
 
-BEFORE, AFTER = "b" * 64, "a" * 64
+BEFORE = "b" * 64
+AFTER = "a" * 64
 REPOINTED = {"step": "checkpoint", "expect": {"database": "moncabinet", "healthy": True}}
 SWITCH = [
     REPOINTED,
