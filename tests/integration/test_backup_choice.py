@@ -17,7 +17,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
-INPUTS_SPEC = REPO / "roles" / "inputs" / "meta" / "argument_specs.yml"
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +122,6 @@ def test_restore_refuses_a_zero_row_backup_of_a_database_holding_rows(lab, inven
                                  "dbops_restore_path=" + empty_backup["path"])
     assert chosen.returncode != 0 and "holds 0 rows" in report(work, "restore")["message"]
 
-    if "dbops_restore_allow_empty" not in INPUTS_SPEC.read_text():
-        pytest.skip("dbops_restore_allow_empty is not yet in the documented dbops_* inputs (roles/inputs)")
     target = "dbops_it_empty_restored"
     extra = ["-e", "dbops_restore_allow_empty=true", "-e", "dbops_restore_target=%s" % target]
     allowed = labkit.run_playbook(PLAYBOOKS / "restore.yml", inventory, *extra)

@@ -29,15 +29,6 @@ BIN = Path(sys.executable).parent
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks").is_dir())
 PLAYBOOKS = ["backup.yml", "check.yml", "consolidate.yml", "migrate.yml", "restore.yml", "schedule.yml"]
 VALIDATE = "qadhya.dbops.validate_inputs"
-# What the playbooks that do not validate their inputs yet will require; a
-# playbook's own validate_inputs task wins as soon as it has one.
-PENDING_REQUIRED = {
-    "consolidate.yml": ["dbops_env_file", "dbops_db_container", "dbops_app_container", "dbops_target_db",
-                        "dbops_health_url", "dbops_backup_dir"],
-    "check.yml": ["dbops_env_file", "dbops_db_container", "dbops_app_container", "dbops_target_db",
-                  "dbops_health_url", "dbops_backup_dir"],
-    "restore.yml": ["dbops_env_file", "dbops_db_container", "dbops_target_db", "dbops_backup_dir"],
-}
 # Another app than the lab's: the values the roles cannot do without.
 APP_VALUES = {"dbops_env_file": "/srv/shop/.env", "dbops_db_container": "shop-db",
               "dbops_app_container": "shop-web", "dbops_target_db": "shop"}
@@ -204,18 +195,15 @@ def test_roles_without_the_apps_values_name_the_variable_to_set(tmp_path):
 
 
 def required_by(playbook):
-    """The dbops_* variables a playbook requires, from its first task (or the pending list)."""
+    """The dbops_* variables a playbook requires, from its first task."""
     first = (yaml.safe_load((REPO / "playbooks" / playbook).read_text())[0].get("tasks") or [{}])[0]
-    if VALIDATE in first:
-        return (first[VALIDATE] or {}).get("required", [])
-    return PENDING_REQUIRED.get(playbook, [])
+    assert VALIDATE in first, "%s does not start with %s" % (playbook, VALIDATE)
+    return (first[VALIDATE] or {}).get("required", [])
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS)
 def test_every_playbook_validates_its_inputs_first(playbook):
     first = (yaml.safe_load((REPO / "playbooks" / playbook).read_text())[0].get("tasks") or [{}])[0]
-    if VALIDATE not in first and playbook in PENDING_REQUIRED:
-        pytest.skip(f"{playbook} does not start with {VALIDATE} yet")
     assert VALIDATE in first, first
     assert first["name"] == "Pre-check | Validate the dbops_* variables"
 
