@@ -37,6 +37,11 @@ def env_parse(content):
     return envfile.parse(_content(content, "env_parse"))
 
 
+def env_secret_keys(values):
+    """The keys of `values` that look secret, by the same rule that masks them in diffs."""
+    return [key for key in (values or {}) if envfile.is_secret_key(key)]
+
+
 def env_diff(content, values, path="env file"):
     """A diff of only the lines env_set would change, secret-looking values masked."""
     try:
@@ -52,4 +57,5 @@ class FilterModule:
             "env_get": env_get,
             "env_parse": env_parse,
             "env_diff": env_diff,
+            "env_secret_keys": env_secret_keys,
         }

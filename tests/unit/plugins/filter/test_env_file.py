@@ -151,4 +151,11 @@ def test_changes_masks_secret_values():
 
 
 def test_filters_are_registered():
-    assert set(filters.FilterModule().filters()) == {"env_set", "env_get", "env_parse", "env_diff"}
+    assert set(filters.FilterModule().filters()) == {"env_set", "env_get", "env_parse", "env_diff",
+                                                     "env_secret_keys"}
+
+
+def test_secret_keys_follow_the_masking_rule():
+    env_secret_keys = filters.env_secret_keys
+    assert env_secret_keys({"DB_NAME": "x", "DB_PASSWORD": "y", "api_key": "z"}) == ["DB_PASSWORD", "api_key"]
+    assert env_secret_keys({}) == [] and env_secret_keys(None) == []
