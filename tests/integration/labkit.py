@@ -19,8 +19,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_PY = REPO / "lab" / "lab.py"
+# QADHYA_IT_PREFIX keeps two test runs on one Docker host apart (every instance name starts with it).
+IT_PREFIX = os.environ.get("QADHYA_IT_PREFIX", "")
+
+
+def instance_name(base):
+    """The lab instance name a test module uses: `base` behind the run's prefix."""
+    return IT_PREFIX + base
+
+
 # One session instance per pytest-xdist worker: workers run test files side by side.
-IT_INSTANCE = os.environ.get("QADHYA_IT_INSTANCE", "itlab") + (
+IT_INSTANCE = instance_name(os.environ.get("QADHYA_IT_INSTANCE", "itlab")) + (
     "-" + os.environ["PYTEST_XDIST_WORKER"] if os.environ.get("PYTEST_XDIST_WORKER") else "")
 
 

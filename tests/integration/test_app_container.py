@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_PY = REPO / "lab" / "lab.py"
-INSTANCE = "it-appctr"
+INSTANCE = labkit.instance_name("it-appctr")
 EXTRA_NET = "qadhya-it-appctr-extra"
 PREVIOUS = ".dbops-previous"
 TIMINGS = {}

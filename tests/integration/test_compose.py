@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "consolidate.yml"
-INSTANCE = "itcompose"
+INSTANCE = labkit.instance_name("itcompose")
 COLLECTIONS = REPO / ".cache" / "collections"
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-HOSTS = ("mh1", "mh2")
+HOSTS = tuple(labkit.instance_name(name) for name in ("mh1", "mh2"))
 
 
 @pytest.fixture(scope="module")

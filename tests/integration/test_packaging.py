@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_PY = REPO / "lab" / "lab.py"
-INSTANCE = "pkg"
+INSTANCE = os.environ.get("QADHYA_IT_PREFIX", "") + "pkg"
 VENV_BIN = Path(sys.executable).parent
 
 

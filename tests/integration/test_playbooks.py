@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
-INSTANCE = "itplaybooks"
+INSTANCE = labkit.instance_name("itplaybooks")
 MIGRATION = "20260213_kb_validation_gamification.sql"
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 from faultkit import snapshot
-from labkit import docker, host_vars, run_playbook, wait_for, write_inventory
+from labkit import docker, host_vars, instance_name, run_playbook, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
 
-INSTANCE = "itpre"
+INSTANCE = instance_name("itpre")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_PY = REPO / "lab" / "lab.py"
-INSTANCE = "it-envctr"
+INSTANCE = labkit.instance_name("it-envctr")
 OWNER = 65534  # nobody/nogroup: proves owner and group are kept
 
 PLAYBOOK = textwrap.dedent("""\

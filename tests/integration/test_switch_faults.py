@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, snapshot
-from labkit import docker, host_vars, run_lab, run_playbook, wait_for, write_inventory
+from labkit import docker, host_vars, instance_name, run_lab, run_playbook, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "consolidate.yml"
-INSTANCE = os.environ.get("QADHYA_FAULT_INSTANCE", "itfault")
+INSTANCE = instance_name(os.environ.get("QADHYA_FAULT_INSTANCE", "itfault"))
 SOURCE = "moncabinet"
 
 
