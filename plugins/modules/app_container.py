@@ -258,12 +258,8 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible.module_utils.common.text.converters import to_native
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.qadhya.dbops.plugins.module_utils._container import (
-    AppContainer,
-    ContainerError,
-    DockerAPI,
-    DockerAPIError,
-)
+from ansible_collections.qadhya.dbops.plugins.module_utils._container import AppContainer, ContainerError
+from ansible_collections.qadhya.dbops.plugins.module_utils._engine_api import DockerAPI, DockerAPIError
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     JournalError,
     ModuleJournal,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import struct
 
 import pytest
 
@@ -250,20 +249,6 @@ def test_parse_docker_time():
     assert ct.parse_docker_time("1970-01-01T01:00:01+01:00") == pytest.approx(1.0)
     assert ct.parse_docker_time("0001-01-01T00:00:00Z") is None
     assert ct.parse_docker_time("garbage") is None
-
-
-def test_parse_docker_host():
-    assert ct.parse_docker_host(None) == ("unix", "/var/run/docker.sock")
-    assert ct.parse_docker_host("unix:///run/user/1000/docker.sock") == ("unix", "/run/user/1000/docker.sock")
-    assert ct.parse_docker_host("tcp://10.0.0.2:2375") == ("tcp", "10.0.0.2", 2375)
-    with pytest.raises(ct.DockerAPIError, match="not supported"):
-        ct.parse_docker_host("ssh://host")
-
-
-def test_demux_stream():
-    frame = struct.pack(">BxxxL", 1, 3) + b"out" + struct.pack(">BxxxL", 2, 3) + b"err"
-    assert ct.demux_stream(frame) == ("out", "err")
-    assert ct.demux_stream(b"plain tty text") == ("plain tty text", "")
 
 
 def test_health_log_tail_takes_last_line():

@@ -10,6 +10,7 @@ import copy
 import pytest
 from test_container import NEW_ID, OLD_ID, FakeAPI, inspect_doc, manager, params
 
+from ansible_collections.qadhya.dbops.plugins.module_utils import _compose as cp
 from ansible_collections.qadhya.dbops.plugins.module_utils import _container as ct
 
 PROJECT_DIR = "/opt/moncabinet"
@@ -75,21 +76,21 @@ def run(api, cli, p, check_mode=False):
 
 
 def test_labels_name_the_service(tmp_path):
-    service = ct.compose_service(compose_container(tmp_path))
+    service = cp.compose_service(compose_container(tmp_path))
     assert service == dict(project="moncabinet", service="nextjs", working_dir=str(tmp_path),
                            config_files=[str(tmp_path / "compose.yaml")])
-    assert ct.compose_service(compose_container(tmp_path, oneoff="True")) is None
-    assert ct.compose_service(inspect_doc()) is None
+    assert cp.compose_service(compose_container(tmp_path, oneoff="True")) is None
+    assert cp.compose_service(inspect_doc()) is None
 
 
 def test_recreate_argv_is_one_service_without_no_deps():
     service = dict(project="moncabinet", service="nextjs", working_dir=PROJECT_DIR,
                    config_files=[PROJECT_DIR + "/compose.yaml", PROJECT_DIR + "/compose.prod.yaml"])
-    assert ct.compose_recreate_argv(service) == [
+    assert cp.compose_recreate_argv(service) == [
         "compose", "-p", "moncabinet", "-f", PROJECT_DIR + "/compose.yaml", "-f",
         PROJECT_DIR + "/compose.prod.yaml", "--project-directory", PROJECT_DIR,
         "up", "-d", "--force-recreate", "nextjs"]
-    assert ct.compose_recreate_argv(service, dry_run=True)[-5:] == [
+    assert cp.compose_recreate_argv(service, dry_run=True)[-5:] == [
         "up", "--dry-run", "-d", "--force-recreate", "nextjs"]
 
 
@@ -97,8 +98,8 @@ def test_dry_run_parser_ignores_own_container():
     output = (" DRY-RUN MODE -  Container qadhya-postgres  Running\n"
               " DRY-RUN MODE -  Container qadhya-nextjs  Recreate\n"
               " DRY-RUN MODE -  Container b9b33ed9e3de_qadhya-nextjs  Starting\n")
-    assert ct.compose_dry_run_others(output, "qadhya-nextjs") == []
-    assert ct.compose_dry_run_others(output + " DRY-RUN MODE -  Container qadhya-postgres  Recreate\n",
+    assert cp.compose_dry_run_others(output, "qadhya-nextjs") == []
+    assert cp.compose_dry_run_others(output + " DRY-RUN MODE -  Container qadhya-postgres  Recreate\n",
                                      "qadhya-nextjs") == ["qadhya-postgres (recreate)"]
 
 
