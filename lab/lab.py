@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Local lab that reproduces the 2026-02-11 incident (see docs / MISSION.md).
 
-One instance = a PostgreSQL 15 container holding the real data in `moncabinet`
-and an empty `qadhya`, an app container whose env file says DB_NAME=qadhya, and
-a state directory on the host. `reset` brings an instance back to that state
+One instance = a PostgreSQL container (15 by default, `up --pg 17`) holding
+the real data in `moncabinet` and an empty `qadhya`, an app container whose
+env file says DB_NAME=qadhya, and a state directory on the host. `reset` brings an instance back to that state
 in seconds by copying a cached, pre-loaded data directory.
 
 Usage: lab.py build|up|reset|down|status|env|recreate-app [options]
@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -35,6 +36,15 @@ IMAGES_DIR = LAB_DIR / "images"
 PG_IMAGE = "qadhya-lab/postgres:15"
 APP_IMAGE = "qadhya-lab/app:1"
 IMAGES = ((PG_IMAGE, IMAGES_DIR / "postgres"), (APP_IMAGE, IMAGES_DIR / "app"))
+# PostgreSQL server version -> (image, build context, Debian suite of its base
+# image). The 17 context is ../postgres with postgres17/'s files over it: one
+# entrypoint for both. Each version has its own seed (a data directory is
+# only readable by the major version that wrote it).
+DEFAULT_PG = "15"
+PG_SERVERS = {
+    "15": (PG_IMAGE, (IMAGES_DIR / "postgres",), "bookworm"),
+    "17": ("qadhya-lab/postgres:17", (IMAGES_DIR / "postgres", IMAGES_DIR / "postgres17"), "trixie"),
+}
 
 DB_USER = "moncabinet"
 DB_PASSWORD = "lab-moncabinet-pw-not-secret"  # lab only, same in every instance
@@ -134,13 +144,13 @@ def log(message):
 # --------------------------------------------------------------------------- docker
 
 
-def docker(*args, check=True, timeout=None):
+def docker(*args, check=True, timeout=None, stdin=None):
     """Run the docker CLI with an argv list; returns the CompletedProcess."""
     env = dict(os.environ)
     env.pop("DOCKER_BUILDKIT", None)  # buildx is not installed: the legacy builder is the one that works
     try:
         proc = subprocess.run(["docker", *args], check=False, capture_output=True, text=True, env=env,
-                              timeout=timeout)
+                              timeout=timeout, stdin=stdin)
     except FileNotFoundError:
         raise LabError("the docker CLI is not installed (apt-get install docker.io)") from None
     if check and proc.returncode != 0:
@@ -223,12 +233,44 @@ def wait_http(url, timeout=20):
 CONTEXT_LABEL = "qadhya.lab.context"
 
 
-def context_digest(context):
+def context_files(*contexts):
+    """{relative path: file} of build context directories, a later one's files over an earlier one's."""
+    files = {}
+    for context in contexts:
+        files.update((str(p.relative_to(context)), p) for p in Path(context).rglob("*") if p.is_file())
+    return files
+
+
+def context_digest(*contexts):
     """Digest of a build context, so an edited Dockerfile or app rebuilds its image."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
+    # Sorted as paths (by component), the order this digest has always used.
+    for rel, path in sorted(context_files(*contexts).items(), key=lambda item: Path(item[0])):
+        digest.update(rel.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def build_image(image, contexts, force=False):
+    """Build `image` from its context directories unless built from the same context already."""
+    wanted = context_digest(*contexts)
+    if not force and image_context(image) == wanted:
+        return
+    log(f"building {image}")
+    started = time.monotonic()
+    build = ("build", "-q", "--label", f"{CONTEXT_LABEL}={wanted}", "-t", image)
+    if len(contexts) == 1:
+        proc = docker(*build, str(contexts[0]), check=False)
+    else:
+        # Layered directories: the merged context goes to docker as a tar on stdin.
+        with tempfile.TemporaryFile() as tar_file:
+            with tarfile.open(fileobj=tar_file, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for rel, path in sorted(context_files(*contexts).items()):
+                    tar.add(path, arcname=rel)
+            tar_file.seek(0)
+            proc = docker(*build, "-", check=False, stdin=tar_file)
+    if proc.returncode != 0:
+        raise LabError(f"building {image} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    log(f"built {image} in {time.monotonic() - started:.1f}s")
 
 
 def image_context(image):
@@ -237,35 +279,37 @@ def image_context(image):
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def build_images(force=False):
+def build_images(force=False, versions=(DEFAULT_PG,)):
+    """The app image and the PostgreSQL image of each server version in `versions`."""
     subprocess.run(["bash", str(IMAGES_DIR / "base-image.sh")], check=True)
     for image, context in IMAGES:
-        wanted = context_digest(context)
-        if force or image_context(image) != wanted:
-            log(f"building {image}")
-            started = time.monotonic()
-            proc = docker("build", "-q", "--label", f"{CONTEXT_LABEL}={wanted}", "-t", image,
-                          str(context), check=False)
-            if proc.returncode != 0:
-                raise LabError(f"building {image} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            log(f"built {image} in {time.monotonic() - started:.1f}s")
+        build_image(image, (context,), force)
+    for version in versions:
+        if version == DEFAULT_PG:
+            continue  # in IMAGES
+        image, contexts, suite = PG_SERVERS[version]
+        subprocess.run(["bash", str(IMAGES_DIR / "base-image.sh"), suite], check=True)
+        build_image(image, contexts, force)
 
 
 # --------------------------------------------------------------------------- seed
 
 
-def seed_key():
+def seed_key(pg_image=PG_IMAGE):
     digest = hashlib.sha256()
     for path in SEED_FILES:
         digest.update(path.read_bytes())
-    digest.update((image_id(PG_IMAGE) or "").encode())
+    digest.update((image_id(pg_image) or "").encode())
     return digest.hexdigest()[:16]
 
 
-def ensure_seed():
+def ensure_seed(version=DEFAULT_PG):
     """Path of the pristine incident data directory, built once per generator/image."""
-    seeds = lab_root() / ".seed"
-    final = seeds / seed_key()
+    # One seed directory per server version: building one removes the stale
+    # seeds of its own version only.
+    seeds = lab_root() / (".seed" if version == DEFAULT_PG else f".seed-{version}")
+    pg_image = PG_SERVERS[version][0]
+    final = seeds / seed_key(pg_image)
     if (final / "pgdata" / "PG_VERSION").exists():
         return final / "pgdata"
     seeds.mkdir(parents=True, exist_ok=True)
@@ -276,21 +320,21 @@ def ensure_seed():
             for stale in seeds.iterdir():
                 if stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
-            build_seed(seeds, final)
+            build_seed(seeds, final, pg_image)
     return final / "pgdata"
 
 
-def build_seed(seeds, final):
+def build_seed(seeds, final, pg_image=PG_IMAGE):
     work = Path(tempfile.mkdtemp(prefix="build-", dir=seeds))
     try:
-        load_seed(work, final.name)
+        load_seed(work, final.name, pg_image)
         shutil.rmtree(work / "initdb")
         work.rename(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def load_seed(work, key):
+def load_seed(work, key, pg_image=PG_IMAGE):
     started = time.monotonic()
     initdb = work / "initdb"
     (work / "pgdata").mkdir()
@@ -304,7 +348,7 @@ def load_seed(work, key):
            "-e", f"POSTGRES_USER={DB_USER}", "-e", f"POSTGRES_PASSWORD={DB_PASSWORD}",
            "-e", f"POSTGRES_DB={DATA_DB}",
            "-v", f"{work / 'pgdata'}:/var/lib/postgresql/data",
-           "-v", f"{initdb}:/docker-entrypoint-initdb.d:ro", PG_IMAGE)
+           "-v", f"{initdb}:/docker-entrypoint-initdb.d:ro", pg_image)
     try:
         wait_healthy(name, timeout=600)
         docker("exec", name, "psql", "-U", DB_USER, "-d", "postgres", "-c", "CHECKPOINT")
@@ -325,6 +369,11 @@ class Instance:
     name: str
     port: int
     mode: str = "mounted"
+    pg_version: str = DEFAULT_PG
+
+    @property
+    def pg_image(self):
+        return PG_SERVERS[self.pg_version][0]
 
     @property
     def prefix(self):
@@ -359,6 +408,7 @@ class Instance:
             "pgdata": str(state / "pgdata"),
             "backup_dir": str(state / "backups"),
             "health_url": f"http://127.0.0.1:{self.port}/api/health",
+            "pg_image": self.pg_image,
             "db_user": DB_USER,
             "db_password": DB_PASSWORD,
             **({"compose_project": self.project, "compose_file": str(self.compose_file),
@@ -386,7 +436,8 @@ def load_instance(name):
         known = ", ".join(known_instances()) or "none"
         raise LabError(f"unknown instance '{name}'; known: {known} "
                        f"(create one with `lab.py up --instance {name} --port N`)") from None
-    return Instance(data["name"], int(data["port"]), data.get("mode", "mounted"))
+    return Instance(data["name"], int(data["port"]), data.get("mode", "mounted"),
+                    data.get("pg_version", DEFAULT_PG))
 
 
 def claimed_ports(exclude):
@@ -465,7 +516,7 @@ def ensure_network(inst):
 def write_compose_file(inst):
     info = inst.describe()
     content = COMPOSE_TEMPLATE.format(
-        name=inst.name, project=inst.project, pg_image=PG_IMAGE, app_image=APP_IMAGE, label=LABEL,
+        name=inst.name, project=inst.project, pg_image=inst.pg_image, app_image=APP_IMAGE, label=LABEL,
         db_container=info["db_container"], app_container=info["app_container"], user=DB_USER,
         password=DB_PASSWORD, data_db=DATA_DB, pgdata=info["pgdata"], port=inst.port,
         network=info["network"])
@@ -495,7 +546,7 @@ def start_db(inst):
            "--restart", "unless-stopped", "--label", f"{LABEL}={inst.name}",
            "-e", f"POSTGRES_USER={DB_USER}", "-e", f"POSTGRES_PASSWORD={DB_PASSWORD}",
            "-e", f"POSTGRES_DB={DATA_DB}",
-           "-v", f"{info['pgdata']}:/var/lib/postgresql/data", PG_IMAGE)
+           "-v", f"{info['pgdata']}:/var/lib/postgresql/data", inst.pg_image)
 
 
 def app_config_args(inst):
@@ -535,7 +586,7 @@ def reset(inst):
     check_port(inst)
     if inst.mode == "compose":
         require_compose()
-    seed = ensure_seed()
+    seed = ensure_seed(inst.pg_version)
     replace_pgdata(inst, seed)
     reset_backups(inst)
     write_env_file(inst)
@@ -550,7 +601,8 @@ def reset(inst):
     start_app(inst)
     code = wait_http(info["health_url"])
     log(f"instance '{inst.name}' in the incident state in {time.monotonic() - started:.1f}s "
-        f"(app {info['app_container']} on port {inst.port}, mode {inst.mode}, /api/health {code})")
+        f"(app {info['app_container']} on port {inst.port}, mode {inst.mode}, "
+        f"PostgreSQL {inst.pg_version}, /api/health {code})")
 
 
 def down(inst_name):
@@ -643,19 +695,20 @@ def print_status(status):
 
 def cmd_build(args):
     require_engine()
-    build_images(force=args.force)
+    build_images(force=args.force, versions=[args.pg] if args.pg else list(PG_SERVERS))
 
 
 def cmd_up(args):
     require_engine()
-    build_images()
     existing = (lab_root() / args.instance / "instance.json").exists()
     previous = load_instance(args.instance) if existing else None
+    pg_version = args.pg or (previous.pg_version if previous else DEFAULT_PG)
+    build_images(versions=(pg_version,))
     port = args.port or (previous.port if previous else None)
     if port is None:
         port = DEFAULT_PORT if args.instance == DEFAULT_INSTANCE else pick_port(args.instance)
     mode = args.mode or (previous.mode if previous else "mounted")
-    reset(Instance(args.instance, port, mode))
+    reset(Instance(args.instance, port, mode, pg_version))
 
 
 def cmd_reset(args):
@@ -663,8 +716,8 @@ def cmd_reset(args):
     require_engine()
     if args.mode:
         inst.mode = args.mode
-    if image_id(PG_IMAGE) is None or image_id(APP_IMAGE) is None:
-        raise LabError("lab images are missing; run `lab.py build` first")
+    if image_id(inst.pg_image) is None or image_id(APP_IMAGE) is None:
+        raise LabError(f"lab images are missing; run `lab.py build --pg {inst.pg_version}` first")
     reset(inst)
 
 
@@ -730,11 +783,14 @@ def build_parser():
         p.add_argument("--instance", type=instance_name, default=DEFAULT_INSTANCE)
         return p
 
-    add("build", cmd_build, "build the base and lab images if absent").add_argument(
-        "--force", action="store_true", help="rebuild even if present")
+    p = add("build", cmd_build, "build the base and lab images if absent")
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.add_argument("--pg", choices=sorted(PG_SERVERS), help="only this server version's image (default: all)")
     p = with_instance(add("up", cmd_up, "create or reset an instance to the incident state"))
     p.add_argument("--port", type=port_number)
     p.add_argument("--mode", choices=MODES)
+    p.add_argument("--pg", choices=sorted(PG_SERVERS),
+                   help=f"PostgreSQL server version (default: the instance's, else {DEFAULT_PG})")
     with_instance(add("reset", cmd_reset, "back to the incident state")).add_argument("--mode", choices=MODES)
     p = with_instance(add("down", cmd_down, "remove an instance (containers, network, state)"))
     p.add_argument("--all", action="store_true")
