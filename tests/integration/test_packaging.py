@@ -138,8 +138,12 @@ def test_tarball_holds_the_collection_and_nothing_local(tarball):
     assert modules and all(f"plugins/modules/{m}" in names for m in modules)
     for role in (p.name for p in (REPO / "roles").iterdir() if p.is_dir()):
         assert f"roles/{role}/meta/argument_specs.yml" in names, role
-    for local in (".venv", ".cache", ".git", "reports", ".pytest_cache", ".ruff_cache"):
+    for local in (".venv", ".cache", ".git", "reports", ".pytest_cache", ".ruff_cache",
+                  "lab", "molecule", "tests", "bench", "Makefile", "requirements.txt"):
         assert local not in tops, local
+    assert not [n for n in names if n.endswith("vault-password.example.txt")]
+    for runtime in ("meta/execution-environment.yml", "meta/requirements.txt", "meta/bindep.txt"):
+        assert runtime in names, runtime
     assert not [n for n in names if n.startswith("lab/.state") or "__pycache__" in n or n.endswith(".pyc")]
 
 
@@ -215,9 +219,37 @@ def test_consolidate_by_fqcn_from_the_installed_collection(installed, fresh_venv
     assert reports and json.loads(reports[-1].read_text())["result"] == "success"
 
 
+def test_module_defaults_group_sets_the_connection_once(installed, fresh_venv, workdir, pkg_lab, tmp_path):
+    """`group/qadhya.dbops.postgresql` in module_defaults reaches every module of the group."""
+    collections, env = installed
+    playbook = tmp_path / "group.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "One connection for the group",
+        "hosts": "all",
+        "gather_facts": False,
+        "module_defaults": {"group/qadhya.dbops.postgresql": {
+            "db_container": pkg_lab["db_container"], "login_user": pkg_lab["db_user"],
+            "login_password": "{{ lab_password }}"}},
+        "tasks": [
+            {"name": "Count the app's database", "register": "info",
+             "qadhya.dbops.db_info": {"databases": ["qadhya"]}},
+            {"name": "Rehearse the rename the consolidation did", "register": "rename", "check_mode": True,
+             "qadhya.dbops.db_rename": {"name": "moncabinet", "target": "qadhya"}},
+            {"name": "Show", "ansible.builtin.debug": {
+                "msg": "{{ info.databases | list }} {{ rename.changed }}"}},
+        ]}]))
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"hosts": {"pkg-lab": {
+        "ansible_connection": "local", "ansible_python_interpreter": str(fresh_venv / "bin" / "python"),
+        "lab_password": pkg_lab["db_password"]}}}}))
+    proc = run([fresh_venv / "bin" / "ansible-playbook", playbook, "-i", inventory], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "['qadhya'] False" in proc.stdout, proc.stdout[-3000:]
+
+
 def test_execution_environment_creates_a_build_context(tarball, installed, tmp_path):
     """`ansible-builder create` accepts the file; the context holds every dependency;
-    the collection's own requirements.txt (development tools) stays out of the image."""
+    the repository's requirements.txt (development tools) stays out of the image."""
     collections, _env = installed
     ee_text = (REPO / "execution-environment.yml").read_text()
     ee = yaml.safe_load(ee_text)
@@ -244,25 +276,19 @@ def test_execution_environment_creates_a_build_context(tarball, installed, tmp_p
     names = [c["name"] for c in galaxy]
     assert f"/build/dist/{tarball.name}" in names
     assert {"community.postgresql", "community.docker"} <= set(names)
-    python_reqs = (build / "requirements.txt").read_text().split()
-    for pin in pins("psycopg2-binary", "requests"):
-        assert pin in python_reqs
-    bindep = (build / "bindep.txt").read_text()
-    for entry in ("postgresql-client [platform:dpkg]", "docker.io [platform:dpkg]",
-                  "postgresql [platform:rpm]", "openssh-clients [platform:rpm]"):
-        assert entry in bindep
-    assert "qadhya.dbops" in (build / "exclude-collections.txt").read_text()
 
     # Run the context's own introspection over the installed collection, as the
-    # image build does: only the EE's runtime list comes out.
+    # image build does: the collection's runtime list comes out, not its dev tools.
     out_pip, out_bindep = tmp_path / "pip.txt", tmp_path / "bindep.txt"
     proc = run([sys.executable, build / "scripts" / "introspect.py", "introspect", collections,
-                "--user-pip", build / "requirements.txt", "--user-bindep", build / "bindep.txt",
-                "--exclude-collection-reqs", build / "exclude-collections.txt",
                 "--write-pip", out_pip, "--write-bindep", out_bindep], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     pip_lines = out_pip.read_text()
-    assert "psycopg2-binary" in pip_lines and "requests" in pip_lines
+    for pin in pins("psycopg2-binary", "requests"):
+        assert pin in pip_lines
     for dev_tool in ("pytest", "molecule", "ansible-lint", "ruff"):
         assert dev_tool not in pip_lines, dev_tool
+    for entry in ("postgresql-client [platform:dpkg]", "docker.io [platform:dpkg]",
+                  "postgresql [platform:rpm]", "openssh-clients [platform:rpm]"):
+        assert entry in out_bindep.read_text()
     assert "postgresql-client" in out_bindep.read_text()
