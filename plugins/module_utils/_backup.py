@@ -73,6 +73,11 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._docker import DockerError
 from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
+from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import (
+    is_lock_timeout,
+    lock_holders,
+    lock_wait_message,
+)
 
 # Without psycopg2 the module still verifies checksums and structure.
 PG_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
@@ -118,6 +123,7 @@ class BackupRunner:
         self.result = dict(changed=False, deleted=[], kept=[])
         self._host = None
         self.tools = PgTools(module, self.p["db_container"], self.p["login_user"], self.p["login_password"])
+        self.tools.lock_wait = self.p.get("lock_wait_timeout")
 
     # -- plumbing ---------------------------------------------------------
     def host(self):
@@ -127,7 +133,7 @@ class BackupRunner:
 
     def connect(self, dbname):
         return Connector(self.p, self.host(), application_name="qadhya.dbops backup",
-                         error=BackupError).open(dbname)
+                         error=BackupError, lock_timeout=self.p.get("lock_wait_timeout")).open(dbname)
 
     def prefix(self, database):
         if self.p.get("name_prefix"):
@@ -239,9 +245,13 @@ class BackupRunner:
 
         counter = threading.Thread(target=count_in_snapshot, name="row-counts")
         counter.start()
+        dump_error = None
         try:
-            partial, nbytes, sha, cmd, warnings = self.tools.dump(
-                database, fmt, level, snapshot, dest, name, zstd_where)
+            try:
+                partial, nbytes, sha, cmd, warnings = self.tools.dump(
+                    database, fmt, level, snapshot, dest, name, zstd_where)
+            except BackupError as exc:
+                dump_error = exc  # the partial file is already gone
         finally:
             counter.join()
             try:
@@ -249,6 +259,11 @@ class BackupRunner:
                     cur.execute("ROLLBACK")
             except PG_ERRORS:
                 pass
+        waited = self._lock_wait_failure(conn, database, dump_error, count_errors)
+        if waited is not None or dump_error is not None:
+            if dump_error is None:
+                remove_quietly(partial)
+            raise waited or dump_error
         dump_s = time.monotonic() - t0
         if count_errors:
             remove_quietly(partial)
@@ -305,6 +320,23 @@ class BackupRunner:
         res["msg"] = "backup %s written (%.1f MB, %s, verified %s)" % (
             path, nbytes / MB, fmt, verified["level"])
         return res
+
+    def _lock_wait_failure(self, conn, database, dump_error, count_errors):
+        """A BackupError naming the sessions whose lock the dump or the count gave up
+        waiting for (lock_wait_timeout), or None when neither failed that way."""
+        counted = any(is_lock_timeout(exc) for exc in count_errors)
+        # pg_dump gives up on LOCK TABLE with statement_timeout set to --lock-wait-timeout.
+        stderr = (dump_error.details.get("stderr") or "") if dump_error is not None else ""
+        dumped = "LOCK TABLE" in stderr and ("statement timeout" in stderr or "lock timeout" in stderr)
+        if not (counted or dumped):
+            return None
+        try:
+            with conn.cursor() as cur:
+                rows = lock_holders(cur)
+        except PG_ERRORS:
+            rows = []
+        return BackupError(lock_wait_message("the backup of %r" % database, self.p["lock_wait_timeout"],
+                                             rows))
 
     # -- verification -------------------------------------------------------
     def _verify_file(self, path, manifest, level):

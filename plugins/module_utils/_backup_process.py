@@ -32,6 +32,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import 
     remove_quietly,
     stream_to_partial,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import timeout_ms
 from ansible_collections.qadhya.dbops.plugins.module_utils._docker import exec_argv
 from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 
@@ -159,6 +160,7 @@ class PgTools:
         self.container = container
         self.user = login_user
         self.password = password
+        self.lock_wait = None  # seconds pg_dump waits for a table lock; None: forever
 
     def procs(self):
         return Procs(self.module, self.container, self.user, self.password)
@@ -184,6 +186,8 @@ class PgTools:
         """Run pg_dump (+ compression) into a partial file; returns (partial, bytes, sha, cmd, warnings)."""
         procs = self.procs()
         args = self.tool_args(database) + ["--snapshot=%s" % snapshot]
+        if self.lock_wait:
+            args.append("--lock-wait-timeout=%s" % timeout_ms(self.lock_wait))
         tail = Tail()
         pump_errors = []
         pumper = None

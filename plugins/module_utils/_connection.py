@@ -25,6 +25,11 @@ except ImportError:  # pragma: no cover - exercised only without psycopg2
 MAX_IDENTIFIER_BYTES = 63
 
 
+def timeout_ms(seconds):
+    """A GUC value in milliseconds; never 0, which PostgreSQL reads as 'no limit'."""
+    return "%dms" % max(1, int(round(seconds * 1000)))
+
+
 def connection_argument_spec():
     """Options every module takes to reach the server (see doc fragment)."""
     return dict(
@@ -105,8 +110,9 @@ class Connector:
 
     error = ConnectError
 
-    def __init__(self, params, host, application_name="qadhya.dbops", error=None):
+    def __init__(self, params, host, application_name="qadhya.dbops", error=None, lock_timeout=None):
         self.host = host
+        self.lock_timeout = lock_timeout
         self.port = params["login_port"]
         self.user = params["login_user"]
         if error is not None:
@@ -120,6 +126,11 @@ class Connector:
         )
         if params.get("login_password"):
             self.kwargs["password"] = params["login_password"]
+        if lock_timeout:
+            # Set at connection start, so that every statement of every session
+            # opened here gives up (SQLSTATE 55P03) instead of queueing forever
+            # behind another session's lock.
+            self.kwargs["options"] = "-c lock_timeout=%s" % timeout_ms(lock_timeout)
 
     def open(self, dbname, autocommit=True):
         try:

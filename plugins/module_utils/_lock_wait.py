@@ -11,6 +11,12 @@ while the statement still waits: a thread with a second connection polls
 failure can name them (pid, application, user, state, since when).
 
 The watch reads only ``pg_stat_activity``; it never takes a lock itself.
+
+Reading (counting rows, dumping) needs only ``ACCESS SHARE``, which only an
+``ACCESS EXCLUSIVE`` lock blocks. Once such a wait has timed out,
+``lock_holders()`` finds, in the same database, the sessions holding or
+queued for an ``ACCESS EXCLUSIVE`` lock on a relation: they are the ones a
+reader waits behind, and they still hold it when the error is reported.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ansible_collections.qadhya.dbops.plugins.module_utils._connection import psycopg2
+from ansible_collections.qadhya.dbops.plugins.module_utils._connection import psycopg2, timeout_ms
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
@@ -31,17 +37,25 @@ _BLOCKERS = (
 )
 
 
+# Other sessions holding (or queued ahead for) the one lock mode a reader waits behind.
+_EXCLUSIVE_HOLDERS = (
+    "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown'), a.usename, "
+    "coalesce(a.state, 'unknown'), coalesce(a.xact_start, a.backend_start), "
+    "string_agg(DISTINCT l.relation::pg_catalog.regclass::text, ', ') "
+    "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' "
+    "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) "
+    "AND l.pid <> pg_catalog.pg_backend_pid() "
+    "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1"
+)
+
+
 def is_lock_timeout(exc):
     return getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE
 
 
 def is_statement_timeout(exc):
     return getattr(exc, "pgcode", None) == QUERY_CANCELED
-
-
-def timeout_ms(seconds):
-    """A GUC value in milliseconds; never 0, which PostgreSQL reads as 'no limit'."""
-    return "%dms" % max(1, int(round(seconds * 1000)))
 
 
 def set_session_timeouts(cur, lock_timeout, statement_timeout=None):
@@ -69,6 +83,45 @@ def describe_sessions(rows):
         "pid %s (application %s, user %s, %s since %s)" % (pid, app, user, state, _fmt_since(since))
         for pid, app, user, state, since in rows
     )
+
+
+def lock_holders(cur):
+    """Rows (pid, application, user, state, since, relations) of the other sessions
+    holding or queued for an ACCESS EXCLUSIVE lock in the cursor's database.
+
+    The cursor must be outside an aborted transaction (roll back first).
+    """
+    cur.execute(_EXCLUSIVE_HOLDERS)
+    return cur.fetchall()
+
+
+def describe_holders(rows):
+    """'pid 123 (application psql, user app, idle in transaction since ...) on public.t' per row."""
+    if not rows:
+        return "a session that had ended by the time it was looked for"
+    return ", ".join("%s on %s" % (describe_sessions([row[:5]]), row[5]) for row in rows)
+
+
+def lock_wait_message(what, seconds, rows, option="lock_wait_timeout"):
+    """The one line of a read that gave up waiting for a lock."""
+    return ("%s waited %gs (%s) for a lock held by %s; end that session (pg_terminate_backend) or "
+            "wait until it is done, then run again" % (what, seconds, option, describe_holders(rows)))
+
+
+def holders_of(connector, dbname):
+    """lock_holders() through a fresh connection to `dbname`; [] when it cannot be had."""
+    try:
+        conn = connector.open(dbname)
+    # it only improves a message: whatever fails here leaves the original error
+    except Exception:  # pylint: disable=broad-except
+        return []
+    try:
+        with conn.cursor() as cur:
+            return lock_holders(cur)
+    except psycopg2.Error:
+        return []
+    finally:
+        conn.close()
 
 
 class BlockerWatch:

@@ -41,6 +41,18 @@ LIST_SESSIONS = (
     " FROM pg_catalog.pg_stat_activity"
     " WHERE datname = ANY(%s) AND pid <> pg_catalog.pg_backend_pid() ORDER BY pid"
 )
+# Sessions of `dbs` our login may not end (PostgreSQL 15 rules: a superuser ends
+# anything; others never a superuser's session, and otherwise only sessions of
+# a role they are a member of, or any with pg_signal_backend). Background
+# processes (no role) are left to the server.
+UNENDABLE_SESSIONS = (
+    "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), a.datname"
+    " FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid"
+    " WHERE a.datname = ANY(%s) AND a.pid <> pg_catalog.pg_backend_pid()"
+    " AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+    " AND (r.rolsuper OR NOT (pg_catalog.pg_has_role(a.usesysid, 'MEMBER')"
+    " OR pg_catalog.pg_has_role('pg_signal_backend', 'MEMBER'))) ORDER BY a.pid"
+)
 SIGNAL_PIDS = "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid"
 PREPARED_XACTS = (
     "SELECT database, count(*), min(gid), min(prepared)::text FROM pg_catalog.pg_prepared_xacts"
@@ -228,6 +240,7 @@ class Renamer:
 
         dbs = [name] + ([target] if drop else [])
         self._refuse_prepared(dbs)
+        self._refuse_unendable(dbs)
         result.update(changed=True, would_rename=True, would_drop=drop)
         if self.check_mode:
             result["would_terminate"] = len(self._sessions(dbs))
@@ -286,6 +299,21 @@ class Renamer:
         finally:
             result["blocked_ms"] = int((self.clock() - started) * 1000)
         return result
+
+    def _refuse_unendable(self, dbs):
+        """A session our login may not end would make the rename fail once connections
+        are blocked: refuse before anything changes (in check mode too, so that the
+        rehearsal catches it before the app stops)."""
+        self.cur.execute(UNENDABLE_SESSIONS, (list(dbs),))
+        rows = self.cur.fetchall()
+        if rows:
+            shown = ", ".join(
+                "pid %s (application '%s', user '%s', database '%s')" % tuple(row[:4]) for row in rows[:5])
+            more = "" if len(rows) <= 5 else " and %d more" % (len(rows) - 5)
+            raise RenameError(
+                "%d session(s) on the databases to rename belong to a role this login may not end: %s%s; "
+                "end them as a superuser (pg_terminate_backend), or log in as a superuser or a member of "
+                "pg_signal_backend — nothing was changed" % (len(rows), shown, more))
 
     def _refuse_prepared(self, dbs):
         """A prepared transaction has no session to end, yet pins its database:

@@ -154,6 +154,19 @@ options:
       - Defaults to the database name (with C(/) replaced by C(_)).
       - Retention only considers backups with this prefix.
     type: str
+  lock_wait_timeout:
+    description:
+      - Seconds C(pg_dump) (C(--lock-wait-timeout)) and every session of the
+        module (PostgreSQL C(lock_timeout)) wait for a lock held by another
+        session before the backup stops.
+      - A dump needs only C(ACCESS SHARE) locks, which only an C(ACCESS EXCLUSIVE)
+        lock (C(LOCK TABLE), C(ALTER TABLE), C(VACUUM FULL), C(TRUNCATE)...) blocks;
+        the failure names the sessions holding or queued for one (pid,
+        application, user, state, since when) and the tables, and leaves no
+        partial file.
+    type: float
+    default: 30
+    version_added: 0.2.0
   copy_to:
     description:
       - A second directory (for example an off-host mount) that receives a copy
@@ -379,6 +392,7 @@ def argument_spec():
         free_space_margin_mb=dict(type="int", default=256),
         name_prefix=dict(type="str"),
         copy_to=dict(type="path"),
+        lock_wait_timeout=dict(type="float", default=30.0),
     )
     return spec
 

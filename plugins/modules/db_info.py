@@ -69,6 +69,10 @@ options:
         example before and after an operation on the same server); it is not
         cryptographic and is only comparable between servers of the same major version.
       - It reads the whole table.
+      - V(*) alone means every counted table of each inspected database (see
+        RV(databases[].tables)); the tables are listed just before the
+        inspection, then checksummed in the same snapshot as the counts. A table
+        named C(*) is written C('"*"').
     type: list
     elements: str
     default: []
@@ -101,6 +105,17 @@ options:
     description: How many databases are inspected at the same time (one connection each).
     type: int
     default: 4
+  lock_wait_timeout:
+    description:
+      - Seconds any statement of the module waits for a lock held by another
+        session (PostgreSQL C(lock_timeout), set on every session the module
+        opens) before the module stops.
+      - Counting needs only C(ACCESS SHARE), which only an C(ACCESS EXCLUSIVE)
+        lock (C(LOCK TABLE), C(ALTER TABLE), C(VACUUM FULL), C(TRUNCATE)...) blocks;
+        the failure names the sessions holding or queued for one (pid,
+        application, user, state, since when) and the tables.
+    type: float
+    default: 5
 notes:
   - Supports check mode; nothing is ever written.
   - The role needs C(CONNECT) on each inspected database and C(SELECT) on its tables;
@@ -275,6 +290,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     require_psycopg2,
     resolve_host,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import counted_tables, list_relations
 from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     MIGRATIONS_TABLE,
     Connector,
@@ -289,12 +305,16 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     split_qualified,
     table_key,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import holders_of, lock_wait_message
+
+ALL_TABLES = "*"
 
 
 class DbInfo:
     def __init__(self, module):
         self.module = module
         self.params = module.params
+        self.checksum_all = False
 
     def _tables(self, option):
         try:
@@ -302,16 +322,52 @@ class DbInfo:
         except ValueError as exc:
             self.module.fail_json(msg="%s: %s" % (option, exc))
 
+    def _all_tables(self, connector, names):
+        """{name: every counted (schema, table)} of each database, for checksum_tables '*'."""
+        result = {}
+        for name in names:
+            conn = connector.open(name)
+            try:
+                with conn.cursor() as cur:
+                    result[name] = counted_tables(list_relations(cur))
+            finally:
+                conn.close()
+        return result
+
+    def _inspect(self, connector, names, options):
+        """inspect_all, or one database at a time when each has its own checksum list;
+        a lock wait that timed out names the sessions that held the lock."""
+        try:
+            if not self.checksum_all:
+                return inspect_all(connector, names, options, self.params["parallel"])
+            per_db = self._all_tables(connector, names)
+            result = {}
+            for name in names:
+                result.update(inspect_all(connector, [name], dict(options, checksum=per_db[name]), 1))
+            return result
+        except InventoryError as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            blocked = [(name, rows) for name in names for rows in [holders_of(connector, name)] if rows]
+            if not blocked:
+                raise
+            raise InventoryError("; ".join(
+                lock_wait_message("counting the rows of '%s'" % name, self.params["lock_wait_timeout"], rows)
+                for name, rows in blocked)) from None
+
     def run(self):
         started = time.monotonic()
         params = self.params
         if params["parallel"] < 1:
             self.module.fail_json(msg="parallel must be 1 or more")
+        if params["lock_wait_timeout"] <= 0:
+            self.module.fail_json(msg="lock_wait_timeout must be more than 0 seconds")
+        self.checksum_all = params["checksum_tables"] == [ALL_TABLES]
         options = dict(
             count=params["count"],
             exact_max_rows=params["exact_max_rows"],
             expected=self._tables("expected_tables"),
-            checksum=self._tables("checksum_tables"),
+            checksum=[] if self.checksum_all else self._tables("checksum_tables"),
             data_tables=[table_key(*t) for t in self._tables("data_tables")],
         )
         try:
@@ -327,7 +383,7 @@ class DbInfo:
         public_env, secret_keys = split_env(env)
 
         require_psycopg2(self.module)
-        connector = Connector(params, resolve_host(self.module))
+        connector = Connector(params, resolve_host(self.module), lock_timeout=params["lock_wait_timeout"])
         conn = connector.open(params["maintenance_db"])
         try:
             with conn.cursor() as cur:
@@ -341,7 +397,7 @@ class DbInfo:
         if extra and extra["allow_connections"]:
             names.append(configured)
 
-        inventory = inspect_all(connector, names, options, params["parallel"])
+        inventory = self._inspect(connector, names, options)
         databases = {}
         for name in names:
             info = dict(server[name])
@@ -377,6 +433,7 @@ def main():
         data_tables=dict(type="list", elements="str", default=[]),
         migrations_table=dict(type="str", default=MIGRATIONS_TABLE),
         parallel=dict(type="int", default=4),
+        lock_wait_timeout=dict(type="float", default=5.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     try:

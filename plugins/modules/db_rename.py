@@ -62,6 +62,16 @@ options:
         after it.
     type: bool
     default: false
+  lock_wait_timeout:
+    description:
+      - Seconds the counts (O(count_rows) and the proof that O(target) is empty)
+        wait for a lock held by another session (PostgreSQL C(lock_timeout))
+        before the module stops, changing nothing.
+      - The failure names the sessions holding or queued for an C(ACCESS EXCLUSIVE)
+        lock (pid, application, user, state, since when) and the tables.
+    type: float
+    default: 5
+    version_added: 0.2.0
   target_backup:
     description:
       - The verified backup of the empty O(target), recorded in the journal entry of its drop so
@@ -179,6 +189,11 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     inspect_database,
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
+from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import (
+    holders_of,
+    is_lock_timeout,
+    lock_wait_message,
+)
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     ModuleJournal,
     journal_argument_spec,
@@ -195,15 +210,24 @@ class DbRename:
         self.module = module
         self.params = module.params
         self.connector = None
+        self.count_connector = None
 
     def count_tables(self, dbname):
-        """Exact row counts of every table of `dbname` (one snapshot)."""
-        conn = self.connector.open(dbname)
+        """Exact row counts of every table of `dbname` (one snapshot); a lock wait
+        that timed out names the sessions that held the lock."""
+        conn = self.count_connector.open(dbname)
         options = dict(
             count="exact", exact_max_rows=0, expected=[], checksum=[], data_tables=[],
             migrations=(DEFAULT_SCHEMA, MIGRATIONS_TABLE),
         )
-        return inspect_database(conn, options)["tables"]
+        try:
+            return inspect_database(conn, options)["tables"]
+        except DB_ERRORS as exc:
+            if not is_lock_timeout(exc):
+                raise
+            raise InventoryError(lock_wait_message(
+                "counting the rows of '%s' before the rename" % dbname, self.params["lock_wait_timeout"],
+                holders_of(self.count_connector, dbname)) + "; nothing was changed") from None
 
     def run(self):
         started = time.monotonic()
@@ -211,7 +235,11 @@ class DbRename:
         if params["terminate_timeout"] < 0:
             self.module.fail_json(msg="terminate_timeout must be 0 or more seconds")
         require_psycopg2(self.module)
+        if params["lock_wait_timeout"] <= 0:
+            self.module.fail_json(msg="lock_wait_timeout must be more than 0 seconds")
         self.connector = Connector(params, resolve_host(self.module))
+        self.count_connector = Connector(params, self.connector.host,
+                                         lock_timeout=params["lock_wait_timeout"])
         conn = self.connector.open(params["maintenance_db"], autocommit=True)
         try:
             with conn.cursor() as cur:
@@ -243,6 +271,7 @@ def main():
         terminate_timeout=dict(type="float", default=10.0),
         count_rows=dict(type="bool", default=False),
         target_backup=dict(type="path"),
+        lock_wait_timeout=dict(type="float", default=5.0),
     )
     argument_spec.update(journal_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

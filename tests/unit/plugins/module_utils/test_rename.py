@@ -33,8 +33,10 @@ class FakeServer:
     disappears after `polls_left` polls (None: never, it ignores the signal).
     """
 
-    def __init__(self, dbs, sessions=None, fail_on=None, prepared=None):
+    def __init__(self, dbs, sessions=None, fail_on=None, prepared=None, unendable=()):
         self.dbs = dict(dbs)
+        # pids of sessions our login may not end (a superuser's, another role's)
+        self.unendable = set(unendable)
         # {database: [(gid, prepared at)]}: prepared transactions, which no signal ends
         self.prepared = prepared or {}
         self.sessions = {pid: list(s) for pid, s in (sessions or {}).items()}
@@ -56,6 +58,9 @@ class FakeServer:
         elif text == rn.PREPARED_XACTS:
             self._rows = [(db, len(x), min(pair[0] for pair in x), min(pair[1] for pair in x))
                           for db, x in sorted(self.prepared.items()) if db in params[0] and x]
+        elif text == rn.UNENDABLE_SESSIONS:
+            self._rows = [(pid, s[1], s[2], s[0]) for pid, s in sorted(self.sessions.items())
+                          if s[0] in params[0] and pid in self.unendable]
         elif text == rn.SIGNAL_SESSIONS:
             self._rows = []
             for pid, s in self.sessions.items():
@@ -330,6 +335,21 @@ def test_prepared_transaction_is_refused_before_any_change(check_mode):
         r.run("moncabinet", "qadhya", "postgres", drop_empty_target=True)
     assert server.dbs == {"moncabinet": True, "qadhya": True}
     assert r.journal_entries == []
+    assert not [s for s in server.statements if s.startswith(("ALTER", "DROP"))]
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_a_session_the_login_may_not_end_is_refused_before_any_change(check_mode):
+    server = FakeServer({"moncabinet": True, "qadhya": True},
+                        sessions={41: ["moncabinet", "psql", "postgres", None],
+                                  42: ["qadhya", "app", "app", 0]},
+                        unendable={41})
+    r = renamer(server, {"qadhya": {}}, check_mode=check_mode)
+    with pytest.raises(rn.RenameError, match=r"1 session\(s\) .* may not end: pid 41 \(application "
+                                             r"'psql', user 'postgres', database 'moncabinet'\).*nothing"):
+        r.run("moncabinet", "qadhya", "postgres", drop_empty_target=True)
+    assert server.dbs == {"moncabinet": True, "qadhya": True}
+    assert server.signalled == set() and r.journal_entries == []
     assert not [s for s in server.statements if s.startswith(("ALTER", "DROP"))]
 
 
