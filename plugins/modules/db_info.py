@@ -116,6 +116,7 @@ options:
         application, user, state, since when) and the tables.
     type: float
     default: 5
+    version_added: 0.2.0
 notes:
   - Supports check mode; nothing is ever written.
   - The role needs C(CONNECT) on each inspected database and C(SELECT) on its tables;
