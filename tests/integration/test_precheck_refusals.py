@@ -3,6 +3,7 @@ in the pre-check, and a refused run leaves no backup, no restart, no journal
 entry beyond its own record, and the lab exactly as it was."""
 
 import json
+import subprocess
 
 import pytest
 from faultkit import snapshot
@@ -88,3 +89,50 @@ def test_a_broken_migration_is_refused_before_the_backup(case, tmp_path):
     message = refused(case, "002_broken.sql", dbops_migrations_dir=str(migrations))
     assert "t_ok" not in [r[0] for r in case["inst"].psql("moncabinet", "SELECT tablename FROM pg_tables")]
     assert "syntax error" in message
+
+
+def journal_steps(backup_dir):
+    """The steps recorded by every journal in `backup_dir`."""
+    journals = sorted((backup_dir / "journal").glob("*.json"))
+    assert journals, "the run opened no journal in %s" % backup_dir
+    return [entry.get("step") for path in journals for entry in json.loads(path.read_text())["entries"]]
+
+
+# A server initialised in LATIN1: the maintenance database the rename runs
+# from has no "€" (the rename would fail with the app stopped), and it converts
+# "é" to the LATIN1 byte 0xe9, which the app's UTF-8 DB_NAME never matches at
+# login. lab.reset() restores the cluster.
+@pytest.mark.parametrize("name", ["qadhya_€", "qadhya_é"], ids=["not-encodable", "encoded-otherwise"])
+def test_a_name_the_servers_encoding_cannot_store_as_sent(case, name):
+    inst = case["inst"]
+    health = inst.health()[0]
+    inst.psql("template1", "DROP DATABASE postgres")
+    inst.psql("template1", "CREATE DATABASE postgres ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                           "TEMPLATE template0")
+    message = refused(case, "dbops_target_db '%s' is not ASCII, and the server stores database names in "
+                            "LATIN1 (the encoding of postgres)" % name, dbops_target_db=name)
+    assert "\n" not in message and "choose an ASCII name" in message, message
+    assert journal_steps(case["work"] / "backups") == [], journal_steps(case["work"] / "backups")
+    # The app answers as before, on the same database (state() compared its start time and the data).
+    assert inst.health()[0] == health
+
+
+@pytest.fixture
+def full_volume(case):
+    point = case["work"] / "small-volume"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(point)], check=True)
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_backup_volume_without_room(case, full_volume):
+    # 8 MB where the backup needs the database's size and a 256 MB margin.
+    health = case["inst"].health()[0]
+    message = refused(case, "not enough free space in %s" % full_volume, dbops_backup_dir=str(full_volume))
+    assert message.endswith("set dbops_backup_dir to a volume with room — nothing was changed"), message
+    assert "\n" not in message
+    # Nothing but the run's own journal on the volume, and no step in it.
+    assert [p.name for p in full_volume.iterdir()] == ["journal"]
+    assert journal_steps(full_volume) == [], journal_steps(full_volume)
+    assert case["inst"].health()[0] == health

@@ -86,7 +86,7 @@ def engine():
     fake = Engine()
     server = UnixServer(path, Handler)
     server.engine = fake
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     fake.host = "unix://" + path
     try:
