@@ -6,6 +6,11 @@ Programs that must match the server's version (pg_dump, psql, pg_restore)
 run inside the database container through ``docker exec``. Secrets never
 go on a command line: ``docker exec -e NAME`` copies NAME from the
 environment of the docker client process, which we set ourselves.
+
+The docker CLI stays the transport here, apart from the Engine API client
+of ``_engine_api`` (used by ``app_container``): a dump must stream through
+a pipe without being held in memory, and these modules honour their
+``docker_bin`` option.
 """
 
 from __future__ import annotations
