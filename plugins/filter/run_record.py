@@ -1,0 +1,334 @@
+# Copyright: qadhya.dbops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+"""Build a run's record from what its tasks registered (docs in the sidecar .yml files).
+
+A playbook keeps no state machine of facts: each phase registers its module
+results, a rescue notes what failed (run_failure), and one task at the end
+turns all of it into the record the report and summary print. The rules that
+decide the result and its one-line message live here, unit-tested.
+"""
+
+import datetime
+import os
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.qadhya.dbops.plugins.filter.consolidation import consolidation_steps
+from ansible_collections.qadhya.dbops.plugins.filter.journal import undo_describe
+
+BACKUP_KEYS = ("path", "bytes", "sha256", "format", "verified", "duration_s", "throughput_mb_s",
+               "manifest_path", "deleted")
+TARGET_BACKUP_KEYS = ("path", "bytes", "sha256", "verified")
+MIGRATE_BACKUP_KEYS = ("path", "bytes", "sha256", "format", "verified", "duration_s")
+# Journal steps that are records, not changes a person needs listed.
+NOT_CHANGES = ("checkpoint", "db_block", "app_stop", "migration", "backup", "window", "verify")
+
+
+def first_line(text, default="failed"):
+    lines = ("" if text is None else str(text)).splitlines()
+    return lines[0] if lines and lines[0] else default
+
+
+def _pick(result, keys):
+    result = result or {}
+    return {key: result[key] for key in keys if key in result}
+
+
+def _ok(result):
+    """A registered result that ran and did not fail."""
+    return bool(result) and not result.get("failed") and not result.get("skipped")
+
+
+def run_failure(task, result, phase, run_id=""):
+    """What failed, kept when a rescue starts: {phase, task, msg, run_id}."""
+    task, result = task or {}, result or {}
+    msg = result.get("msg")
+    return dict(phase=phase, task=task.get("name") or "", msg="" if msg is None else str(msg),
+                run_id=run_id or "")
+
+
+def _cause(failure):
+    return "%s: %s" % (failure.get("task") or "a step", first_line(failure.get("msg")))
+
+
+def rollback_outcome(undos, failures, run_id, cause="", journal_dir=""):
+    """How the undo of journal `run_id` went: {result, message, undone[, rollback]}.
+
+    undos: {run_id: undo_plan} of the plans decided; failures: the run_failure list.
+    """
+    plan = (undos or {}).get(run_id)
+    broke = [f for f in failures or [] if f.get("phase") == "rollback" and f.get("run_id") == run_id]
+    if broke:
+        failure = broke[0]
+        message = (cause + " — " if cause else "") + "ROLLBACK FAILED at %s: %s. The journal %s (in %s) " \
+            "still holds every change; fix the cause and run playbooks/rollback.yml, which resumes from " \
+            "the real state" % (failure.get("task") or "?", first_line(failure.get("msg"), ""),
+                                run_id or "?", journal_dir)
+        if plan is not None:
+            message += ". By hand, remaining: " + ", ".join(step["do"] for step in plan.get("steps") or [])
+        return dict(result="failed", message=message, undone=False)
+    if plan is None:
+        return dict(result="failed", message=cause, undone=False)
+    if plan.get("steps"):
+        return dict(result="rolled_back", rollback=plan, undone=True,
+                    message=(cause + " — rolled back: " if cause else "rolled back: ") + undo_describe(plan))
+    # Nothing to undo: the step failed before changing anything (a refusal).
+    return dict(result="failed", message=cause, rollback=plan, undone=True)
+
+
+def _at(entry):
+    return datetime.datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _last(entries, step, **match):
+    found = [e for e in entries if e.get("step") == step and all(e.get(k) == v for k, v in match.items())]
+    return found[-1] if found else None
+
+
+def journal_changes(entries):
+    """One line per change the journal's entries record, in order."""
+    lines = []
+    for entry in entries or []:
+        step = entry.get("step")
+        if step in NOT_CHANGES:
+            continue
+        if step == "db_drop":
+            lines.append("dropped the empty %s (backed up first)" % entry.get("database"))
+        elif step == "db_rename":
+            lines.append("renamed %s to %s" % (entry.get("from"), entry.get("to")))
+        elif step == "env_write":
+            lines.append("env file: " + ", ".join("%s=%s" % kv for kv in (entry.get("set") or {}).items()))
+        elif step in ("app_start", "app_recreate"):
+            env = entry.get("env") or {}
+            lines.append("app %s on %s" % (entry.get("action") or "started", env.get("DB_NAME", "?")))
+    return lines
+
+
+def _standing(entries, rolled_back):
+    """The entries whose change stands: all of them, or those before the last checkpoint when the
+    run was undone back to it."""
+    if not rolled_back:
+        return entries
+    marks = [i for i, e in enumerate(entries) if e.get("step") == "checkpoint"]
+    return entries[:marks[-1]] if marks else []
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
+
+
+def consolidation_record(facts):
+    """The record of one host's consolidate.yml run (dbops_run)."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError("consolidation_record expects a dict of the run's results")
+    failures = facts.get("failures") or []
+    plan = facts.get("plan") or {}
+    check = bool(facts.get("check_mode"))
+    journal_dir = facts.get("journal_dir") or ""
+    undos = facts.get("undos") or {}
+    entries = (facts.get("journal") or {}).get("entries") or []
+    migration = facts.get("migration") or {}
+    record = dict(host=facts.get("host"), started_at=facts.get("started_at") or _now(), check_mode=check,
+                  result="running", message="", changes=[])
+
+    interrupted = facts.get("interrupted") or ""
+    if interrupted:
+        recovery = rollback_outcome(undos, failures, interrupted, journal_dir=journal_dir)
+        if recovery["undone"]:
+            record["recovered"] = "run %s was interrupted; %s" % (
+                interrupted, undo_describe(recovery["rollback"]))
+            record["rollback"] = recovery["rollback"]
+
+    own = [f for f in failures if f.get("phase") != "rollback"]
+    refused = [f for f in own if f.get("phase") == "pre-check"]
+    if refused:
+        record.update(result="failed", message="pre-check: " + (refused[0].get("msg") or "failed"))
+    elif not facts.get("go", True):
+        record.update(result="failed", message="held: another host failed its pre-check")
+    elif own:
+        cause = _cause(own[0])
+        if check:
+            record.update(result="failed", message=cause)
+        else:
+            outcome = rollback_outcome(undos, failures, facts.get("run_id") or "", cause, journal_dir)
+            record.update(result=outcome["result"], message=outcome["message"])
+            if "rollback" in outcome:
+                record["rollback"] = outcome["rollback"]
+    elif facts.get("held"):
+        record.update(result="failed", message="held: another host failed or was rolled back")
+
+    record["changes"] = journal_changes(_standing(entries, record["result"] != "running"))
+    if record["result"] == "running":
+        record["result"] = "planned" if check else (
+            "success" if facts.get("pending") or record["changes"] else "unchanged")
+
+    window_end = _last(entries, "window", edge="close")
+    window_start = _last(entries, "window", edge="open")
+    if window_end and window_start:
+        record["downtime_s"] = round((_at(window_end) - _at(window_start)).total_seconds(), 2)
+    verify = _last(entries, "verify")
+    backup = _last(entries, "backup", purpose="pre_consolidation")
+    target_backup = _last(entries, "backup", purpose="dropped_empty_target")
+    applied = migration.get("applied")
+    record.update(
+        finished_at=facts.get("finished_at") or _now(),
+        source=plan.get("source", ""),
+        target=plan.get("target", facts.get("target") or ""),
+        plan=plan,
+        counts_initial=facts.get("counts_initial") or {},
+        counts_before=(verify or {}).get("counts_before") or {},
+        counts_after=(verify or {}).get("counts_after") or {},
+        backup=_pick((backup or {}).get("backup"), BACKUP_KEYS),
+        migrations_applied=[m["name"] for m in applied] if applied is not None else [],
+        migrations_adopted=migration.get("adopted") or [],
+        migrations_pending=(migration.get("pending") or []) if check else [],
+        target_backup=_pick((target_backup or {}).get("backup"), TARGET_BACKUP_KEYS),
+        planned=consolidation_steps(plan, migration.get("pending") or [], bool(facts.get("repoint")),
+                                    (facts.get("app_would") or "restart").replace("ed", "")) if check else [],
+    )
+    return record
+
+
+def rollback_record(facts):
+    """The record of one host's rollback.yml run (dbops_run, kind rollback)."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError("rollback_record expects a dict of the run's results")
+    failures = facts.get("failures") or []
+    undos = facts.get("undos") or {}
+    journal_dir = facts.get("journal_dir") or ""
+    last = facts.get("last") or {}
+    interrupted = facts.get("interrupted") or ""
+    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    record = dict(host=facts.get("host"), started_at=facts.get("started_at") or _now(),
+                  check_mode=bool(facts.get("check_mode")))
+    if refused:
+        result, message = "failed", "rollback: " + first_line(refused[0].get("msg"))
+    elif interrupted:
+        # The lock was left by a consolidation that died: taking it over undid that run.
+        recovery = rollback_outcome(undos, failures, interrupted, journal_dir=journal_dir)
+        result = "rolled_back"
+        message = "run %s was interrupted; %s" % (interrupted, undo_describe(recovery.get("rollback") or {}))
+        record["recovered"] = message
+    elif not last or last.get("state") in ("undone", "rolled_back"):
+        result = "unchanged"
+        message = "nothing to roll back: " + ("no consolidation journal in %s" % journal_dir if not last
+                                              else "run %s is %s" % (last.get("run_id"), last.get("state")))
+    else:
+        outcome = rollback_outcome(undos, failures, last.get("run_id"), journal_dir=journal_dir)
+        result, message = outcome["result"], outcome["message"]
+        if "rollback" in outcome:
+            record["rollback"] = outcome["rollback"]
+        if outcome["undone"] and result == "failed":
+            result = "unchanged"
+            message = "nothing to roll back: run %s changed nothing that is still there" % last.get("run_id")
+    plan = next((e["plan"] for e in last.get("entries") or []
+                 if e.get("step") == "checkpoint" and "plan" in e), {})
+    record.update(
+        result="planned" if record["check_mode"] and result == "rolled_back" else result, message=message,
+        finished_at=facts.get("finished_at") or _now(), kind="rollback", plan={}, changes=[],
+        counts_initial={}, counts_before={}, counts_after={}, backup={}, migrations_applied=[],
+        migrations_adopted=[], migrations_pending=[], source=plan.get("source", ""),
+        target=plan.get("target", ""),
+    )
+    return record
+
+
+def migrations_planned(result):
+    """Every migration the run set out to apply, from the check or the apply result alike."""
+    result = result or {}
+    return [m["name"] for m in result.get("applied") or []] + list(result.get("pending") or [])
+
+
+def migration_record(facts):
+    """The record of one host's migrate.yml run (dbops_job, kind migrate)."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError("migration_record expects a dict of the run's results")
+    failures = facts.get("failures") or []
+    check = bool(facts.get("check_mode"))
+    job = dict(host=facts.get("host"), kind="migrate", started_at=facts.get("started_at"), check_mode=check,
+               result="running", message="", pending=[])
+    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    if refused:
+        job.update(result="failed", message="pre-check: " + first_line(refused[0].get("msg")))
+        return job
+    result = facts.get("migration") or {}
+    job.update(database=facts.get("database"), pending=migrations_planned(result),
+               would_adopt=list(result.get("adopted") or []) + list(result.get("would_adopt") or []),
+               already_applied=result.get("already_applied") or [], warnings=facts.get("warnings") or [])
+    if not job["pending"]:
+        job["result"] = "unchanged"
+        return job
+    backup = facts.get("backup") or {}
+    if _ok(backup):
+        job["backup"] = _pick(backup, MIGRATE_BACKUP_KEYS)
+    failed = [f for f in failures if f.get("phase") == "migrate"]
+    if failed:
+        job.update(result="failed", pending=result.get("pending") or job["pending"],
+                   message=first_line(failed[0].get("msg"), "migration failed")
+                   + (" — the backup taken before is " + job["backup"]["path"] if "backup" in job else ""))
+        return job
+    job.update(result="planned" if check else "success", applied=result.get("applied") or [],
+               adopted=result.get("adopted") or [], pending=(result.get("pending") or []) if check else [],
+               lock_wait_ms=result.get("lock_wait_ms") or 0)
+    return job
+
+
+def restore_record(facts):
+    """The record of one host's restore.yml run (dbops_job, kind restore)."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError("restore_record expects a dict of the run's results")
+    failures = facts.get("failures") or []
+    check = bool(facts.get("check_mode"))
+    job = dict(host=facts.get("host"), kind="restore", started_at=facts.get("started_at"), check_mode=check,
+               result="running", message="")
+    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    if refused:
+        job.update(result="failed", target=facts.get("target") or "",
+                   message="pre-check: " + first_line(refused[0].get("msg")))
+        return job
+    chosen = facts.get("backup") or {}
+    job.update(backup_path=chosen.get("path"), database=chosen.get("database"),
+               for_database=chosen.get("for_database"), purpose=chosen.get("purpose"),
+               target=facts.get("target"), backup_taken_at=chosen.get("taken_at"),
+               counts_manifest=chosen.get("row_counts"))
+    failed = [f for f in failures if f.get("phase") == "restore"]
+    if failed:
+        job.update(result="failed", message=first_line(failed[0].get("msg"), "restore failed"))
+        return job
+    restored = facts.get("restored") or {}
+    job.update(result="planned" if check else ("success" if restored.get("changed") else "unchanged"),
+               counts_after=(facts.get("counts_after") or {}) if not check else {},
+               verified=restored.get("verified") or {}, duration_s=restored.get("duration_s"),
+               message=restored.get("msg") or "")
+    return job
+
+
+def report_base(record, report_dir="", kind=""):
+    """Where a run's report files go, without extension: <dir>[/<kind>]/<host>-<start, compact>.
+
+    The default directory is outside the installed collection ($XDG_STATE_HOME/qadhya.dbops/reports),
+    so that upgrading the collection never removes reports.
+    """
+    record = record or {}
+    if not report_dir:
+        state = os.environ.get("XDG_STATE_HOME") or "~/.local/state"
+        report_dir = os.path.join(os.path.expanduser(state), "qadhya.dbops", "reports")
+    stamp = str(record.get("started_at") or _now())[:19].replace(":", "").replace("-", "")
+    return "%s/%s%s-%s" % (report_dir, kind + "/" if kind else "", record.get("host"), stamp)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "run_failure": run_failure,
+            "rollback_outcome": rollback_outcome,
+            "consolidation_record": consolidation_record,
+            "rollback_record": rollback_record,
+            "migrations_planned": migrations_planned,
+            "migration_record": migration_record,
+            "restore_record": restore_record,
+            "report_base": report_base,
+        }
