@@ -77,12 +77,16 @@ def load_lab():
     return module
 
 
-def lab(*args):
-    proc = subprocess.run([sys.executable, str(LAB_PY), *map(str, args)], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"lab.py {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    return proc.stdout
+def lab(*args, tries=1):
+    for attempt in range(tries):
+        proc = subprocess.run([sys.executable, str(LAB_PY), *map(str, args)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        if attempt + 1 < tries:
+            # lab.py waits 20 s for the app: an overloaded machine can take longer.
+            log(f"lab.py {args[0]} failed, trying again: {proc.stderr.strip()[-200:]}")
+    raise SystemExit(f"lab.py {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
 
 
 def lab_info(name):
@@ -197,15 +201,30 @@ def downtime_tasks(tasks):
     return tasks[stops[-1]:end + 1] if stops else []
 
 
-def run_ansible(playbook, inventory, *args, env=None, timeout=1800):
+def run_ansible(playbook, inventory, *args, env=None, timeout=3600, profile=True):
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
-           "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "all", "PROFILE_TASKS_SORT_ORDER": "none", **(env or {})}
+           "ANSIBLE_FORCE_COLOR": "0", **(env or {})}
+    if profile:
+        env.update(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
+                   PROFILE_TASKS_TASK_OUTPUT_LIMIT="all", PROFILE_TASKS_SORT_ORDER="none")
     cmd = [ansible_bin("ansible-playbook"), str(playbook), "-i", str(inventory), *map(str, args)]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False,
                           timeout=timeout)
     return proc, time.monotonic() - started
+
+
+def failure_reason(output):
+    """The message of the first failed task of an ansible-playbook output, one line."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("fatal:") or "FAILED!" in line:
+            for follow in [line, *lines[i + 1:i + 30]]:
+                match = re.search(r"""["']?msg["']?\s*[:=]\s*(.+)""", follow)
+                if match:
+                    return match.group(1).strip().strip('",')[:300]
+            return line[:300]
+    return "failed (no message)"
 
 
 def write_inventory(path, hosts):
@@ -261,11 +280,11 @@ class Lab:
         self.labmod, self.name, self.port = labmod, name, port
 
     def up(self):
-        lab("up", "--instance", self.name, *(["--port", self.port] if self.port else []))
+        lab("up", "--instance", self.name, *(["--port", self.port] if self.port else []), tries=3)
         self.info = lab_info(self.name)
 
     def reset(self, mode):
-        lab("reset", "--instance", self.name, "--mode", "mounted" if mode == "sigterm" else mode)
+        lab("reset", "--instance", self.name, "--mode", "mounted" if mode == "sigterm" else mode, tries=3)
         self.info = lab_info(self.name)
         if mode == "sigterm":
             self.swap_app(SIGTERM_IMAGE)
@@ -280,7 +299,7 @@ class Lab:
             lm.start_app(inst)
         finally:
             lm.APP_IMAGE = saved
-        lm.wait_http(self.info["health_url"])
+        lm.wait_http(self.info["health_url"], timeout=180)
 
     def run_args(self):
         """`docker run` of the app as lab.py creates it (mode created), for the shell's recreate."""
@@ -389,7 +408,7 @@ def run_peer(lb, mode, workdir):
         proc, total = run_ansible(PEER_PLAYBOOK, inventory)
         time.sleep(0.1)
     if proc.returncode != 0:
-        raise SystemExit(f"peer playbook failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}")
+        return {"failed": failure_reason(proc.stdout), "total_s": total}
     return {"total_s": total, **poller.summary(),
             "tasks": profile_tasks(proc.stdout)}
 
@@ -400,8 +419,8 @@ def run_playbook(lb, mode, workdir):
         proc, total = run_ansible(PLAYBOOK, inventory)
         time.sleep(0.1)
     if proc.returncode != 0:
-        raise SystemExit(f"playbook run failed (rc {proc.returncode}):\n"
-                         f"{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+        # Recorded, not fatal: on an overloaded machine a lock or health timeout can end a run.
+        return {"failed": failure_reason(proc.stdout), "total_s": total}
     reports = sorted((workdir / "reports").glob("bench-*.json"))
     report = json.loads(reports[-1].read_text()) if reports else {}
     return {"total_s": total, **poller.summary(),
@@ -425,10 +444,15 @@ def section_consolidate(args, labmod, tmp):
     lb.up()
     if "sigterm" in args.modes:
         build_sigterm_image(labmod)
-    runs = []
+    runs, first = [], 0
+    previous = RESULTS / "consolidate.json"
+    if args.append and previous.exists():
+        # More repetitions after those of an earlier run (same machine, another hour).
+        old_runs = json.loads(previous.read_text())["runs"]
+        first = 1 + max((r["rep"] for r in old_runs), default=-1)
     # Repetitions outside, modes inside: stopped early (--until), every mode has as many runs.
-    for i in range(args.repetitions):
-        if i and past_deadline(args):
+    for i in range(first, first + args.repetitions):
+        if i > first and past_deadline(args):
             log(f"--until {args.until} passed: stopping after {i} repetition(s)")
             break
         for mode in args.modes:
@@ -439,22 +463,27 @@ def section_consolidate(args, labmod, tmp):
                 workdir = Path(tempfile.mkdtemp(prefix=f"{mode}-{kind}-{i}-", dir=tmp))
                 load = load1()
                 result = RUNNERS[kind](lb, mode, workdir)
-                ok, status = lb.end_state_ok()
-                if not ok:
-                    raise SystemExit(f"{kind} ({mode}): unexpected end state: {json.dumps(status)}")
+                if "failed" not in result:
+                    ok, status = lb.end_state_ok()
+                    if not ok:
+                        raise SystemExit(f"{kind} ({mode}): unexpected end state: {json.dumps(status)}")
                 runs.append({"mode": mode, "kind": kind, "rep": i, "load1": load, **result})
                 # Kept after every run: a long benchmark stopped halfway still has its data.
                 (RESULTS / "consolidate.partial.json").write_text(json.dumps(runs))
+                if "failed" in result:
+                    log(f"{mode:8s} {i + 1} {kind:8s} FAILED after {result['total_s']:.0f} s: "
+                        f"{result['failed']}")
+                    continue
                 log(f"{mode:8s} {i + 1}/{args.repetitions} {kind:8s} total {result['total_s']:6.2f} s, "
                     f"downtime {fmt(result['downtime_s'])} s (load {load}, "
                     f"poll gap {result['poll_gap_ms']} ms)")
     if not args.keep:
         down_if_up(labmod, lb.name)
-    # A mode measured again replaces its rows; the other modes' rows of an earlier run stay.
-    previous = RESULTS / "consolidate.json"
+    (RESULTS / "consolidate.partial.json").unlink(missing_ok=True)
+    # A mode measured again replaces its rows (--append: adds to them); other modes' rows stay.
     if previous.exists():
         old = json.loads(previous.read_text())
-        runs = [r for r in old["runs"] if r["mode"] not in args.modes] + runs
+        runs = [r for r in old["runs"] if args.append or r["mode"] not in args.modes] + runs
     modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
     return {"repetitions": {m: 1 + max(r["rep"] for r in runs if r["mode"] == m) for m in modes},
             "modes": modes, "runs": runs}
@@ -536,8 +565,7 @@ def section_overhead(args, labmod, tmp):
         for idx, (label, ntasks, task, nhosts, env, gather, strategy) in enumerate(OVERHEAD_CASES):
             book = synthetic_playbook(work / f"p{idx}.json", ntasks, task, gather, strategy)
             loads.append(load1())
-            proc, total = run_ansible(book, inventories[nhosts], env={**env,
-                                                                      "ANSIBLE_CALLBACKS_ENABLED": ""})
+            proc, total = run_ansible(book, inventories[nhosts], env=env, profile=False)
             if proc.returncode != 0:
                 raise SystemExit(f"overhead case {label!r} failed:\n{proc.stdout[-2000:]}")
             results[label].append(total)
@@ -691,7 +719,7 @@ def section_scale(args, labmod, tmp):
     lb_name = f"{args.prefix}big"
     reuse = generated_before(labmod, lb_name, args.gigabytes)
     if not reuse:
-        lab("up", "--instance", lb_name)
+        lab("up", "--instance", lb_name, tries=3)
     info = lab_info(lb_name)
     db = info["db_container"]
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=tmp))
@@ -804,12 +832,20 @@ def ratio(a, b):
     return "-" if not a or not b else f"{a / b:.2f}×"
 
 
+def ok_runs(runs, mode, kind):
+    return [r for r in runs if r["mode"] == mode and r["kind"] == kind and "failed" not in r]
+
+
+def repetitions(data):
+    return {m: len({r["rep"] for r in data["runs"] if r["mode"] == m}) for m in data["modes"]}
+
+
 def consolidation_table(data):
     """{mode: {kind: {'total': stats, 'downtime': stats, 'load': stats}}}."""
     table = {}
     for mode in data["modes"]:
         for kind in KINDS:
-            runs = [r for r in data["runs"] if r["mode"] == mode and r["kind"] == kind]
+            runs = [r for r in data["runs"] if r["mode"] == mode and r["kind"] == kind and "failed" not in r]
             if runs:
                 table.setdefault(mode, {})[kind] = {
                     "total": stats([r["total_s"] for r in runs]),
@@ -888,11 +924,13 @@ def load_results():
             out[name] = json.loads(path.read_text())
     # A section stopped halfway: what it measured, flagged as such in the text.
     partial = RESULTS / "consolidate.partial.json"
-    if "consolidate" not in out and partial.exists():
-        runs = json.loads(partial.read_text())
+    if partial.exists():
+        # Runs of a section that was stopped halfway (or is still going) join the finished ones.
+        runs = {(r["mode"], r["kind"], r["rep"]): r for r in out.get("consolidate", {}).get("runs", [])}
+        runs.update({(r["mode"], r["kind"], r["rep"]): r for r in json.loads(partial.read_text())})
+        runs = list(runs.values())
         modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
-        out["consolidate"] = {"partial": True, "runs": runs, "modes": modes, "repetitions": {
-            m: len({r["rep"] for r in runs if r["mode"] == m}) for m in modes}}
+        out["consolidate"] = {"runs": runs, "modes": modes}
     partial = RESULTS / "scale.partial.json"
     if "scale" not in out and partial.exists():
         out["scale"] = {**json.loads(partial.read_text()), "partial": True}
@@ -923,7 +961,7 @@ def render_consolidation(data, lines):
         "## 1. Consolidation, three ways",
         "",
         "Repetitions per mode: "
-        + ", ".join(f"{MODE_TEXT.get(m, m)} {n}" for m, n in data["repetitions"].items())
+        + ", ".join(f"{MODE_TEXT.get(m, m)} {n}" for m, n in repetitions(data).items())
         + "; the three kinds in rotating order (each goes first, second and third in turn), every",
         "run on a freshly reset lab instance. Cells: median",
         "(min–max) in seconds; load is the 1-minute load average when the run started.",
@@ -942,13 +980,20 @@ def render_consolidation(data, lines):
             lines.append(f"| {MODE_TEXT.get(mode, mode)} | {kind} | {spread(st['downtime'])} | "
                          f"{spread(st['total'])} | {dt} | {tt} | {spread(st['load'])} |")
     lines.append("")
+    failed = [r for r in data["runs"] if "failed" in r]
+    if failed:
+        lines += ["Runs that failed (left out of the medians; on an overloaded machine a lock wait or a",
+                  "health timeout can end a run, and the playbook then rolls back):", ""]
+        lines += [f"- {MODE_TEXT.get(r['mode'], r['mode'])}, {r['kind']}, repetition {r['rep'] + 1}, after "
+                  f"{r['total_s']:.0f} s (load {r['load1']}): {cell(r['failed'])}" for r in failed]
+        lines.append("")
     # Inside the windows: the median playbook and peer run of the first mode.
     for mode in data["modes"][:1]:
-        pbs = sorted((r for r in data["runs"] if r["mode"] == mode and r["kind"] == "playbook"),
+        pbs = sorted(ok_runs(data["runs"], mode, "playbook"),
                      key=lambda r: r["total_s"])
-        peers = sorted((r for r in data["runs"] if r["mode"] == mode and r["kind"] == "peer"),
+        peers = sorted(ok_runs(data["runs"], mode, "peer"),
                        key=lambda r: r["total_s"])
-        shells = sorted((r for r in data["runs"] if r["mode"] == mode and r["kind"] == "shell"),
+        shells = sorted(ok_runs(data["runs"], mode, "shell"),
                         key=lambda r: r["total_s"])
         if pbs:
             med_run = pbs[len(pbs) // 2]
@@ -1029,7 +1074,7 @@ def render_findings(res, lines):
                          "(target ≤ 3×), peer/shell "
                          f"{ratio(pe and pe['total']['median'], sh_['total']['median'])}.")
     runs = res.get("consolidate", {}).get("runs", [])
-    pb = median_run([r for r in runs if r["mode"] == "mounted" and r["kind"] == "playbook"])
+    pb = median_run(ok_runs(runs, "mounted", "playbook"))
     per_task = None
     over = res.get("overhead", {}).get("cases", {})
     start = over.get("start-up: 1 debug task, 1 host")
@@ -1285,6 +1330,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"),
                         help="Markdown file to write")
     parser.add_argument("--keep", action="store_true", help="leave the lab instances up afterwards")
+    parser.add_argument("--append", action="store_true",
+                        help="consolidate: add repetitions to the ones measured before, not replace them")
     parser.add_argument("--cases", type=int, help="scale: run only the first N backup cases of each kind")
     parser.add_argument("--until", metavar="HH:MM",
                         help="UTC time after which no new repetition starts (a shared, busy machine)")

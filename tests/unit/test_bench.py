@@ -62,7 +62,7 @@ def test_profile_tasks_and_window(bench):
     tasks = bench.profile_tasks(output)
     assert len(tasks) == 5 and tasks[0] == ("Pre-check | Validate", 0.40)
     window = bench.downtime_tasks(tasks)
-    assert [s for _, s in window] == [0.83, 0.73, 2.06]
+    assert [entry[1] for entry in window] == [0.83, 0.73, 2.06]
 
 
 def test_svg_plot_is_well_formed(bench):
