@@ -31,10 +31,12 @@ bootstrap: ## Install what the lab needs (Docker, debootstrap, Compose v2) and s
 
 venv: $(VENV)/.installed $(COLLECTION_LINK) ## Create the virtualenv and expose the checkout as qadhya.dbops
 
-images: bootstrap venv ## Build the lab images (offline-capable)
+images: bootstrap venv ## Build the lab images, PostgreSQL 15 and 17 (offline-capable)
 	$(BIN)/python lab/lab.py build
 
-lab-up: images ## Bring the lab (INSTANCE=default) to the incident state
+# `lab.py up` builds the images its instance needs (PostgreSQL 15 only), so a
+# demo does not wait for the PostgreSQL 17 image the tests use.
+lab-up: bootstrap venv ## Bring the lab (INSTANCE=default) to the incident state
 	$(BIN)/python lab/lab.py up --instance $(INSTANCE)
 
 lab-reset: ## Reset the lab (INSTANCE=default) to the incident state in seconds
