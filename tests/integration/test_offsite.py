@@ -8,9 +8,11 @@ of this module's own and read the bucket back with boto3.
 import datetime
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
+from alertkit import Receiver
 from labkit import (
     REPO,
     fake_backup,
@@ -136,11 +138,19 @@ def test_backup_playbook_uploads_verified_copy_and_keeps_local_on_failure(lab, s
     assert s3.secret_key not in json.dumps(report)
 
     hv["dbops_offsite_secret_key"] = "not-the-secret"
-    inventory = write_inventory(tmp_path / "inventory.json", {lab.name: hv})
-    failed = run_playbook(PLAYBOOKS / "backup.yml", inventory, "-vvv")
+    with Receiver() as rx:
+        hv["dbops_alert_webhook_url"] = rx.webhook_url()
+        inventory = write_inventory(tmp_path / "inventory.json", {lab.name: hv})
+        failed = run_playbook(PLAYBOOKS / "backup.yml", inventory, "-vvv")
     assert failed.returncode != 0
-    line = next(ln for ln in failed.stdout.splitlines() if "backup failed: off-host copy failed:" in ln)
-    assert "refused the credentials" in line and "the local backup" in line and "is kept" in line
+    [alert] = rx.webhooks()
+    assert alert["host"] == lab.name and alert["check"] == "backup"
+    assert alert["reason"].startswith("backup failed: off-host copy failed:") and "refused" in alert["reason"]
+    assert "not-the-secret" not in json.dumps(alert) and s3.access_key not in json.dumps(alert)
+    # The callback may wrap a long message: read it with the line breaks folded.
+    text = " ".join(failed.stdout.split())
+    assert re.search(r"backup failed: off-host copy failed: bucket '%s' at \S+ refused the credentials "
+                     r"[^']*; the local backup \S+ is kept" % s3.bucket, text), text[-3000:]
     assert "not-the-secret" not in failed.stdout + failed.stderr
     report = json.loads((tmp_path / "reports" / "backup" / (lab.name + "-latest.json")).read_text())
     assert report["result"] == "failed" and not report["offsite"]["ok"]
