@@ -102,6 +102,42 @@ def _backup(obs, info, db):
     return _check("backup", "warning" if age > max_h else "ok", detail)
 
 
+def _offsite_copy(obs, newest):
+    """The bucket's copy of the newest local backup, else its newest verified copy ({} when none)."""
+    listed = (obs.get("offsite") or {}).get("copies") or []
+    copies = [c for c in listed if c.get("verified") and c.get("ok", True)]
+    same = [c for c in copies if c.get("name") == newest.get("name")]
+    pick = (same or copies or [{}])[0]
+    keep = ("name", "url", "bytes", "sha256", "verified", "age_s", "taken_at", "database")
+    found = {k: pick[k] for k in keep if k in pick}
+    if found:
+        found["of_newest_backup"] = bool(same)
+    return found
+
+
+def _offsite(obs, newest):
+    listing = obs.get("offsite") or {}
+    bucket = obs.get("offsite_bucket")
+    if listing.get("failed"):
+        return _check("offsite", "critical", "cannot list s3://%s: %s" % (
+            bucket, first_line(listing.get("msg") or "", default="listing failed")))
+    copy_ = _offsite_copy(obs, newest)
+    if not copy_:
+        return _check("offsite", "critical", "no verified copy in s3://%s; run backup.yml with the offsite "
+                      "settings" % bucket)
+    age = human_hours(copy_.get("age_s"))
+    if not copy_["of_newest_backup"] and newest:
+        return _check("offsite", "warning", "the newest backup %s is not in the bucket; its newest "
+                      "verified copy is %s, %s h old; run backup.yml"
+                      % (newest.get("name"), copy_.get("url") or copy_.get("name"), age))
+    return _check("offsite", "ok", "%s, %s h old, %s MiB, verified" % (
+        copy_.get("url") or copy_.get("name"), age, round(int(copy_.get("bytes") or 0) / MIB, 1)))
+
+
+def human_hours(seconds):
+    return "?" if seconds is None else round(float(seconds) / 3600, 1)
+
+
 def _app(obs):
     name = obs.get("app_container")
     inspect = obs.get("app_inspect") or {}
@@ -166,6 +202,8 @@ def health_checks(obs):
         checks.append(_migrations(obs, info, db))
     if db:
         checks.append(_backup(obs, info, db))
+    if db and obs.get("offsite_bucket"):
+        checks.append(_offsite(obs, (obs.get("backups") or {}).get("newest") or {}))
     checks.append(_app(obs))
     if obs.get("health_url"):
         checks.append(_health_url(obs))
@@ -203,6 +241,7 @@ def health_record(job, observed):
         newest_backup=newest,
         free_mb=free_mb,
         database=_metrics(info, db),
+        offsite_copy=_offsite_copy(observed, newest) if observed.get("offsite_bucket") else {},
     )
 
 

@@ -241,9 +241,10 @@ def _copy_line(kind, copy, now):
     esc = html.escape
     if not copy:
         return '<p data-part="%s">%s: none recorded</p>' % (kind, kind.replace("_", " "))
-    age = copy.get("age_h")
-    if age is not None:
-        age_text = human_age(float(age) * 3600)
+    if copy.get("age_h") is not None:
+        age_text = human_age(float(copy["age_h"]) * 3600)
+    elif copy.get("age_s") is not None:
+        age_text = human_age(copy["age_s"])
     else:
         taken = parse_time(copy.get("taken_at") or copy.get("verified_at"))
         age_text = human_age((now - taken).total_seconds()) if taken else "?"
@@ -277,13 +278,16 @@ def _drill_section(view, now):
                 "<p>none recorded (run dr_drill.yml)</p></div>")
     started = parse_time(drill.get("started_at"))
     status = "ok" if str(drill.get("status", "")).lower() in ("ok", "passed", "success") else "critical"
+    backup = drill.get("backup")
+    source = (backup.get("key") or backup.get("path")) if isinstance(backup, dict) else backup
     return ('<div class="part" data-part="drill" data-status="%s"><h3>DR drill</h3><p>%s %s, %s ago: '
-            'recovered in %s, data %s old, %s tables checked%s</p></div>'
+            'recovered in %s, data %s old, %s tables checked%s%s</p></div>'
             % (status, _badge(status), esc(drill.get("started_at") or "?"),
                esc(human_age((now - started).total_seconds()) if started else "?"),
                esc(human_age(drill.get("recovery_seconds"))), esc(human_age(drill.get("data_age_seconds"))),
                esc(str(drill.get("tables_checked", "?"))),
-               ("; " + esc(str(drill.get("reason")))) if drill.get("reason") and status != "ok" else ""))
+               ("; " + esc(str(drill.get("reason")))) if drill.get("reason") and status != "ok" else "",
+               (", from <code>%s</code>" % esc(str(source))) if source else ""))
 
 
 def _migrations_section(view):

@@ -137,3 +137,29 @@ def test_disk_nothing_answers_and_no_room():
 def test_wrong_input_is_refused():
     with pytest.raises(AnsibleFilterError):
         health_record("not a job", {})
+
+
+def copy_of(name, age_s=600.0, **extra):
+    return dict({"name": name, "url": "s3://bk/qadhya/" + name, "bytes": 2097152, "verified": True,
+                 "ok": True, "age_s": age_s}, **extra)
+
+
+def test_the_offsite_copy_of_the_newest_backup_is_ok_an_older_one_a_warning():
+    listing = {"copies": [copy_of(NEWEST["name"]), copy_of("qadhya-old.dump", 90000.0)]}
+    record, checks = judge(offsite=listing, offsite_bucket="bk")
+    assert checks["offsite"] == {"check": "offsite", "status": "ok",
+                                 "detail": "s3://bk/qadhya/%s, 0.2 h old, 2.0 MiB, verified" % NEWEST["name"]}
+    assert record["offsite_copy"]["of_newest_backup"] is True and record["offsite_copy"]["age_s"] == 600.0
+    _record, checks = judge(offsite={"copies": [copy_of("qadhya-old.dump", 90000.0)]}, offsite_bucket="bk")
+    assert checks["offsite"]["status"] == "warning" and "is not in the bucket" in checks["offsite"]["detail"]
+
+
+def test_no_copy_or_an_unreachable_bucket_is_critical_and_no_bucket_no_check():
+    _record, checks = judge(offsite={"copies": [copy_of("x.dump", verified=False)]}, offsite_bucket="bk")
+    assert checks["offsite"]["status"] == "critical"
+    assert "no verified copy in s3://bk" in checks["offsite"]["detail"]
+    failed = {"failed": True, "msg": "bucket bk does not exist\nmore"}
+    _record, checks = judge(offsite=failed, offsite_bucket="bk")
+    assert checks["offsite"]["detail"] == "cannot list s3://bk: bucket bk does not exist"
+    record, checks = judge()
+    assert "offsite" not in checks and record["offsite_copy"] == {}

@@ -67,6 +67,7 @@ def test_charts_are_inline_svg_with_their_values_in_words():
 def test_a_failed_or_late_drill_is_a_problem_and_its_recovery_time_is_shown(tmp_path):
     failed = {"host": "db1", "status": "failed", "reason": "row count of users differs",
               "recovery_seconds": 42, "data_age_seconds": 3600, "tables_checked": 6,
+              "backup": {"key": "prod/qadhya-20260210T020000Z.dump", "sha256": "ab"},
               "started_at": (NOW - timedelta(days=1)).isoformat()}
     dash.write_json(str(tmp_path / "db1-20260210T120000Z.json"), failed)
     older = dict(failed, status="ok", started_at=(NOW - timedelta(days=9)).isoformat())
@@ -77,6 +78,7 @@ def test_a_failed_or_late_drill_is_a_problem_and_its_recovery_time_is_shown(tmp_
     assert view["status"] == "critical"
     page = dash.render("prod", [view], NOW)
     assert "last DR drill failed: row count of users differs" in page and "recovered in 42 s" in page
+    assert "from <code>prod/qadhya-20260210T020000Z.dump</code>" in page
     late = dash.host_view("db1", [record("db1", 1)], older, NOW)
     assert late["status"] == "warning" and "weekly expected" in late["problems"][0][2]
 
@@ -89,7 +91,7 @@ def test_all_green_says_so_and_text_is_escaped():
 
 
 def test_offsite_copy_shown_when_recorded():
-    r = record("db1", 1, offsite_copy={"url": "s3://b/qadhya/x.dump", "bytes": 3145728, "age_s": 60,
+    r = record("db1", 1, offsite_copy={"url": "s3://b/qadhya/x.dump", "bytes": 3145728, "age_s": 3600,
                                        "verified_remote": True, "taken_at": "2026-02-11T11:00:00Z"})
     page = dash.render("prod", [dash.host_view("db1", [r], None, NOW)], NOW)
     assert "s3://b/qadhya/x.dump" in page and "60 min old" in page
