@@ -40,7 +40,7 @@ class Statuses(HTMLParser):
 
 def chromium(*args):
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed; .ci/bootstrap installs it (apt-get install chromium)")
+        pytest.fail("chromium is not installed: run .ci/bootstrap chromium (or apt-get install chromium)")
     # --no-sandbox: the tests run as root in a container, where the sandbox cannot start.
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            "--user-data-dir=%s" % (ARTIFACTS / ".chromium-profile"), *args],
