@@ -462,7 +462,12 @@ def section_consolidate(args, labmod, tmp):
                 lb.reset(mode)
                 workdir = Path(tempfile.mkdtemp(prefix=f"{mode}-{kind}-{i}-", dir=tmp))
                 load = load1()
-                result = RUNNERS[kind](lb, mode, workdir)
+                started = time.monotonic()
+                try:
+                    result = RUNNERS[kind](lb, mode, workdir)
+                except SystemExit as exc:
+                    # A shell step or a health wait that gave up: recorded like a failed playbook.
+                    result = {"failed": str(exc).splitlines()[0][:300], "total_s": time.monotonic() - started}
                 if "failed" not in result:
                     ok, status = lb.end_state_ok()
                     if not ok:
@@ -513,9 +518,14 @@ def section_hosts(args, labmod, tmp):
                 for p in pollers:
                     p.__exit__(None, None, None)
             if proc.returncode != 0:
-                raise SystemExit(f"{count}-host run failed:\n{proc.stdout[-3000:]}")
+                runs.append({"hosts": count, "rep": i, "total_s": total, "load1": load,
+                             "failed": failure_reason(proc.stdout)})
+                log(f"hosts {count}: FAILED after {total:.0f} s: {runs[-1]['failed']}")
+                (RESULTS / "hosts.partial.json").write_text(json.dumps({"runs": runs}))
+                continue
             downtimes = [p.last_outage() for p in pollers]
             runs.append({"hosts": count, "rep": i, "total_s": total, "downtime_s": downtimes, "load1": load})
+            (RESULTS / "hosts.partial.json").write_text(json.dumps({"runs": runs}))
             log(f"hosts {count}: total {total:.2f} s, downtime {', '.join(fmt(d) for d in downtimes)} s")
         if past_deadline(args):
             break
@@ -931,6 +941,9 @@ def load_results():
         runs = list(runs.values())
         modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
         out["consolidate"] = {"runs": runs, "modes": modes}
+    partial = RESULTS / "hosts.partial.json"
+    if "hosts" not in out and partial.exists():
+        out["hosts"] = json.loads(partial.read_text())
     partial = RESULTS / "scale.partial.json"
     if "scale" not in out and partial.exists():
         out["scale"] = {**json.loads(partial.read_text()), "partial": True}
@@ -1105,8 +1118,8 @@ def render_findings(res, lines):
                          f"output {ratio(default['bytes'], gz['bytes'])} the size.")
     ho = res.get("hosts")
     if ho:
-        one = stats([r["total_s"] for r in ho["runs"] if r["hosts"] == 1])
-        three = stats([r["total_s"] for r in ho["runs"] if r["hosts"] == 3])
+        one = stats([r["total_s"] for r in ho["runs"] if r["hosts"] == 1 and "failed" not in r])
+        three = stats([r["total_s"] for r in ho["runs"] if r["hosts"] == 3 and "failed" not in r])
         if one and three:
             lines.append(f"- 3 hosts / 1 host: {ratio(three['median'], one['median'])} (target ≤ 1.3×); "
                          "on 2 cores three hosts' module runs share the same CPUs, which bounds it.")
@@ -1114,6 +1127,8 @@ def render_findings(res, lines):
 
 
 def render_hosts(data, lines):
+    failed = [r for r in data["runs"] if "failed" in r]
+    data = {"runs": [r for r in data["runs"] if "failed" not in r]}
     one = stats([r["total_s"] for r in data["runs"] if r["hosts"] == 1])
     three = stats([r["total_s"] for r in data["runs"] if r["hosts"] == 3])
     d1 = stats([d for r in data["runs"] if r["hosts"] == 1 for d in r["downtime_s"]])
@@ -1128,6 +1143,8 @@ def render_hosts(data, lines):
               f"{spread(stats([r['load1'] for r in data['runs'] if r['hosts'] == 3]))} |", "",
               f"3 hosts / 1 host, total: {ratio(three and three['median'], one and one['median'])}; "
               f"downtime: {ratio(d3 and d3['median'], d1 and d1['median'])}.", ""]
+    lines += [f"- failed: {r['hosts']} host(s), after {r['total_s']:.0f} s (load {r['load1']}): "
+              f"{cell(r['failed'])}" for r in failed] + ([""] if failed else [])
 
 
 def render_overhead(data, lines):
@@ -1230,6 +1247,35 @@ def render_scale(data, lines):
         lines.append("")
 
 
+def conditions_text(res):
+    """How loaded the machine was during this run, and how many runs it made fail."""
+    loads, failed, total = [], 0, 0
+    for r in res.get("consolidate", {}).get("runs", []) + res.get("hosts", {}).get("runs", []):
+        loads.append(r["load1"])
+        total += 1
+        failed += "failed" in r
+    for key in ("backups", "raw"):
+        loads += [r["load1"] for r in res.get("scale", {}).get(key, [])]
+    if res.get("overhead", {}).get("load1"):
+        loads += [res["overhead"]["load1"]["min"], res["overhead"]["load1"]["max"]]
+    if not loads:
+        return []
+    text = [f"**This run**: the 1-minute load average during the measurements was {min(loads):.0f} to "
+            f"{max(loads):.0f} (median {statistics.median(loads):.0f}) on 2 cores."]
+    if statistics.median(loads) > 8:
+        text += ["At such a load every process waits for a CPU most of the time: absolute times are",
+                 "many times what an idle machine gives, polls every 20 ms become polls every few hundred",
+                 "ms (the largest gap is recorded with each run), and the ratios mostly measure how many",
+                 "processes each variant starts. Read this run for where the time goes and as a check that",
+                 "each part of the benchmark runs, not for the machine's speed; re-run it on a quiet",
+                 "machine."]
+    if failed:
+        text += [f"{failed} of {total} consolidation runs failed, listed below with their reason: the lab's",
+                 "PostgreSQL restarted its server processes under the load (\"server process exited with",
+                 "exit code 2\", then recovery), and connections or health waits timed out."]
+    return [" ".join(text), ""]
+
+
 def render(args):
     res = load_results()
     facts = res.get("machine") or machine_facts()
@@ -1237,14 +1283,15 @@ def render(args):
     lines = [
         "# Benchmarks: qadhya.dbops vs the shell sequence and a peer playbook",
         "",
-        f"Generated by `make bench` (`bench/run.py`), started {started} UTC. A benchmark is never a",
-        "pass/fail test: nothing in CI runs it or reads a timing. Numbers vary with the machine's",
-        "load; read the ratios of one run, not the absolute figures.",
+        f"Generated by `bench/run.py` (what `make bench` runs), started {started} UTC. A benchmark",
+        "is never a pass/fail test: nothing in CI runs it or reads a timing. Numbers vary with the",
+        "machine's load; read the ratios of one run, not the absolute figures.",
         "",
         "**The machine was shared**: other people ran test suites on its 2 cores during the run.",
         "The 1-minute load average is recorded next to every result; above 2 the CPUs were",
         "oversubscribed and every figure, ours and the shell's alike, is inflated.",
         "",
+        *conditions_text(res),
         "## Machine",
         "",
         f"- {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory_gib']} GiB RAM, kernel {facts['kernel']}",
