@@ -20,8 +20,11 @@ ENGINE_SOCKET = "/var/run/docker.sock"
 
 class DockerFaultProxy:
     """A unix socket in front of the Docker Engine that answers 500 to the
-    first `times` requests matching `method` and the `path` regex, and
-    forwards everything else (hijacked exec streams included).
+    first `times` requests matching `method` ("*": any) and the `path` regex,
+    and forwards everything else (hijacked exec streams included). With
+    `DockerFaultProxy(path, "*", "", times=math.inf)` the engine answers
+    nothing but errors, as a hung or broken dockerd would, while the real one
+    goes on serving everybody else.
 
     Point DOCKER_HOST at `self.url` for the process under test.
     """
@@ -60,7 +63,7 @@ class DockerFaultProxy:
 
     def _strike(self, method, target):
         with self.lock:
-            if self.left > 0 and method == self.method and self.pattern.search(target):
+            if self.left > 0 and self.method in ("*", method) and self.pattern.search(target):
                 self.left -= 1
                 self.hits.append("%s %s" % (method, target))
                 return True
