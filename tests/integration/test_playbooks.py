@@ -242,7 +242,7 @@ def test_schedule_writes_cron_file_idempotently(inventory, work):
     proc = run("schedule.yml", inventory, *args)
     assert proc.returncode == 0, proc.stdout[-3000:]
     lines = [line for line in cron_file.read_text().splitlines() if line and not line.startswith("#")]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines  # check, backup, the weekly dr_drill.yml
     check_line = next(line for line in lines if "/check.yml" in line)
     backup_line = next(line for line in lines if "/backup.yml" in line)
     assert check_line.startswith("0 6 * * * root cd ")

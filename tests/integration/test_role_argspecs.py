@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # roles/inputs is the list of the dbops_* variables, not a role to run.
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks").is_dir())
-PLAYBOOKS = ["backup.yml", "check.yml", "consolidate.yml", "migrate.yml", "restore.yml", "schedule.yml"]
+PLAYBOOKS = ["backup.yml", "check.yml", "consolidate.yml", "dr_drill.yml", "migrate.yml", "restore.yml",
+             "schedule.yml"]
 VALIDATE = "qadhya.dbops.validate_inputs"
 # Another app than the lab's: the values the roles cannot do without.
 APP_VALUES = {"dbops_env_file": "/srv/shop/.env", "dbops_db_container": "shop-db",
