@@ -973,16 +973,16 @@ def render_consolidation(data, lines):
     lines += [
         "## 1. Consolidation, three ways",
         "",
-        "Repetitions per mode: "
+        "Repetitions started per mode: "
         + ", ".join(f"{MODE_TEXT.get(m, m)} {n}" for m, n in repetitions(data).items())
-        + "; the three kinds in rotating order (each goes first, second and third in turn), every",
-        "run on a freshly reset lab instance. Cells: median",
+        + " (`runs`: those that finished); the three kinds in rotating order (each goes first,",
+        "second and third in turn), every run on a freshly reset lab instance. Cells: median",
         "(min–max) in seconds; load is the 1-minute load average when the run started.",
         "",
         "![downtime and total per variant](benchmarks.svg)",
         "",
-        "| mode | kind | downtime (s) | total (s) | downtime / shell | total / shell | load |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| mode | kind | runs | downtime (s) | total (s) | downtime / shell | total / shell | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, kinds in table.items():
         base = kinds.get("shell")
@@ -990,7 +990,8 @@ def render_consolidation(data, lines):
             dt = ratio(st["downtime"]["median"] if st["downtime"] else None,
                        base["downtime"]["median"] if base and base["downtime"] else None)
             tt = ratio(st["total"]["median"], base["total"]["median"] if base else None)
-            lines.append(f"| {MODE_TEXT.get(mode, mode)} | {kind} | {spread(st['downtime'])} | "
+            lines.append(f"| {MODE_TEXT.get(mode, mode)} | {kind} | {st['total']['n']} | "
+                         f"{spread(st['downtime'])} | "
                          f"{spread(st['total'])} | {dt} | {tt} | {spread(st['load'])} |")
     lines.append("")
     failed = [r for r in data["runs"] if "failed" in r]
@@ -1001,7 +1002,8 @@ def render_consolidation(data, lines):
                   f"{r['total_s']:.0f} s (load {r['load1']}): {cell(r['failed'])}" for r in failed]
         lines.append("")
     # Inside the windows: the median playbook and peer run of the first mode.
-    for mode in data["modes"][:1]:
+    with_playbook = [m for m in data["modes"] if ok_runs(data["runs"], m, "playbook")]
+    for mode in with_playbook[:1]:
         pbs = sorted(ok_runs(data["runs"], mode, "playbook"),
                      key=lambda r: r["total_s"])
         peers = sorted(ok_runs(data["runs"], mode, "peer"),
@@ -1024,7 +1026,7 @@ def render_consolidation(data, lines):
             med_run = peers[len(peers) // 2]
             lines += [f"Peer playbook, median run ({MODE_TEXT[mode]}): "
                       + ", ".join(f"{cell(n.removeprefix('Peer | '))} {s:.2f} s" for n, s in med_run["tasks"]
-                                  if s >= 0.05) + "."]
+                                  if s >= 0.05) + ".", ""]
         if shells:
             med_run = shells[len(shells) // 2]
             lines += ["", f"Shell sequence, median run ({MODE_TEXT[mode]}): "
