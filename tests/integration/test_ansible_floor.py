@@ -3,7 +3,8 @@
 A Python 3.11 virtualenv holds tests/floor-requirements.txt (ansible 9.13.0:
 ansible-core 2.16 and the community.docker / community.postgresql of its
 time) plus the pins of requirements.txt that the plugins and their unit tests
-import. It is built once and cached under .cache/, keyed by those pins and
+import. It is built once and cached under ~/.cache/qadhya.dbops/ (outside the
+checkout, so fresh clones share it), keyed by those pins and
 the interpreter. With it: the unit tests of the plugins (tests/unit/plugins),
 then a full consolidation of a lab instance and its idempotent rerun, driven
 by that venv's ansible-playbook (the checkout is qadhya.dbops through
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import labkit
 import pytest
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.integration
 REPO = labkit.REPO
 FLOOR_REQUIREMENTS = REPO / "tests" / "floor-requirements.txt"
 REQUIREMENTS = REPO / "requirements.txt"
-CACHE = REPO / ".cache"
+# Outside the checkout: a fresh clone on a machine that built it once reuses it.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "qadhya.dbops"
 # Tools of the newest venv that pull their own ansible-core (or are not needed to run the tests).
 NOT_ON_THE_FLOOR = {"ansible", "ansible-core", "ansible-lint", "ansible-builder", "antsibull-changelog",
                     "molecule", "ruff", "pytest-xdist"}
@@ -80,7 +83,7 @@ def floor_venv():
     wanted = floor_pins()
     key = hashlib.sha256("\n".join([version_of(python), *wanted]).encode()).hexdigest()[:12]
     venv = CACHE / f"floor-venv-{key}"
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "floor-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once: one builds, the other waits
         if not (venv / ".complete").exists():
