@@ -120,11 +120,21 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
 
 
+def _failures_of(name, facts):
+    """The failures every record filter starts from; `facts` must be the dict of the run's results."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError("%s expects a dict of the run's results" % name)
+    return facts.get("failures") or []
+
+
+def _in_phase(failures, phase):
+    """The failures noted in one phase of the run (tasks/failed.yml), first first."""
+    return [f for f in failures if f.get("phase") == phase]
+
+
 def consolidation_record(facts):
     """The record of one host's consolidate.yml run (dbops_run)."""
-    if not isinstance(facts, dict):
-        raise AnsibleFilterError("consolidation_record expects a dict of the run's results")
-    failures = facts.get("failures") or []
+    failures = _failures_of("consolidation_record", facts)
     plan = facts.get("plan") or {}
     check = bool(facts.get("check_mode"))
     journal_dir = facts.get("journal_dir") or ""
@@ -143,7 +153,7 @@ def consolidation_record(facts):
             record["rollback"] = recovery["rollback"]
 
     own = [f for f in failures if f.get("phase") != "rollback"]
-    refused = [f for f in own if f.get("phase") == "pre-check"]
+    refused = _in_phase(own, "pre-check")
     if refused:
         record.update(result="failed", message="pre-check: " + (refused[0].get("msg") or "failed"))
     elif not facts.get("go", True):
@@ -194,14 +204,12 @@ def consolidation_record(facts):
 
 def rollback_record(facts):
     """The record of one host's rollback.yml run (dbops_run, kind rollback)."""
-    if not isinstance(facts, dict):
-        raise AnsibleFilterError("rollback_record expects a dict of the run's results")
-    failures = facts.get("failures") or []
+    failures = _failures_of("rollback_record", facts)
     undos = facts.get("undos") or {}
     journal_dir = facts.get("journal_dir") or ""
     last = facts.get("last") or {}
     interrupted = facts.get("interrupted") or ""
-    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    refused = _in_phase(failures, "pre-check")
     record = dict(host=facts.get("host"), started_at=facts.get("started_at") or _now(),
                   check_mode=bool(facts.get("check_mode")))
     if refused:
@@ -244,13 +252,11 @@ def migrations_planned(result):
 
 def migration_record(facts):
     """The record of one host's migrate.yml run (dbops_job, kind migrate)."""
-    if not isinstance(facts, dict):
-        raise AnsibleFilterError("migration_record expects a dict of the run's results")
-    failures = facts.get("failures") or []
+    failures = _failures_of("migration_record", facts)
     check = bool(facts.get("check_mode"))
     job = dict(host=facts.get("host"), kind="migrate", started_at=facts.get("started_at"), check_mode=check,
                result="running", message="", pending=[])
-    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    refused = _in_phase(failures, "pre-check")
     if refused:
         job.update(result="failed", message="pre-check: " + first_line(refused[0].get("msg")))
         return job
@@ -264,7 +270,7 @@ def migration_record(facts):
     backup = facts.get("backup") or {}
     if _ok(backup):
         job["backup"] = _pick(backup, MIGRATE_BACKUP_KEYS)
-    failed = [f for f in failures if f.get("phase") == "migrate"]
+    failed = _in_phase(failures, "migrate")
     if failed:
         job.update(result="failed", pending=result.get("pending") or job["pending"],
                    message=first_line(failed[0].get("msg"), "migration failed")
@@ -278,13 +284,11 @@ def migration_record(facts):
 
 def restore_record(facts):
     """The record of one host's restore.yml run (dbops_job, kind restore)."""
-    if not isinstance(facts, dict):
-        raise AnsibleFilterError("restore_record expects a dict of the run's results")
-    failures = facts.get("failures") or []
+    failures = _failures_of("restore_record", facts)
     check = bool(facts.get("check_mode"))
     job = dict(host=facts.get("host"), kind="restore", started_at=facts.get("started_at"), check_mode=check,
                result="running", message="")
-    refused = [f for f in failures if f.get("phase") == "pre-check"]
+    refused = _in_phase(failures, "pre-check")
     if refused:
         job.update(result="failed", target=facts.get("target") or "",
                    message="pre-check: " + first_line(refused[0].get("msg")))
@@ -294,7 +298,7 @@ def restore_record(facts):
                for_database=chosen.get("for_database"), purpose=chosen.get("purpose"),
                target=facts.get("target"), backup_taken_at=chosen.get("taken_at"),
                counts_manifest=chosen.get("row_counts"))
-    failed = [f for f in failures if f.get("phase") == "restore"]
+    failed = _in_phase(failures, "restore")
     if failed:
         job.update(result="failed", message=first_line(failed[0].get("msg"), "restore failed"))
         return job
