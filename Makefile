@@ -70,10 +70,12 @@ integration: images ## Integration tests on the real lab
 
 # Test files run side by side on TEST_WORKERS workers (each file's lab
 # instances are its own); most of their time is spent waiting on Docker.
+# They start longest first (tests/conftest.py, tests/durations.json), so
+# that no worker is left with a long file while the other idles.
 TEST_WORKERS ?= 2
 
 test: lint sanity images ## Everything CI runs: lint, sanity, unit and integration tests
-	pytest -n $(TEST_WORKERS) --dist loadfile tests/unit tests/integration
+	pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/unit tests/integration
 
 build: venv ## Build the collection tarball into .cache/dist
 	ansible-galaxy collection build --force --output-path .cache/dist .
