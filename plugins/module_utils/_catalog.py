@@ -143,3 +143,40 @@ def tables_with_data(tables, data_tables=None, ignore=(MIGRATIONS_TABLE,)):
 def holds_data(tables, data_tables=None, ignore=(MIGRATIONS_TABLE,)):
     """True when some table of `tables` that counts as data has a row (see tables_with_data)."""
     return bool(tables_with_data(tables, data_tables, ignore))
+
+
+# The content checksum of a table: its row count and the sum of a hash of
+# each row's text, order-independent, so that two scans of the same rows
+# agree whatever order they come in. db_info's checksum_tables and the
+# consolidation's proof give it in the same "rows:sum" form.
+ROW_HASH_SUM = "coalesce(sum(pg_catalog.hashtext(_qadhya_row::text)::bigint), 0)"
+
+
+def checksum_text(rows, total):
+    """The "rows:sum" form of a table's content checksum."""
+    return "%d:%d" % (int(rows), int(total))
+
+
+def count_checksum_statement(indexed):
+    """One `SELECT i, count(*), <row hash sum> FROM ... UNION ALL ...` for [(i, (schema, table, kind))]:
+    the count and the checksum come from the same single scan of each table."""
+    parts = [
+        sql.SQL("SELECT {0}::int, count(*), " + ROW_HASH_SUM + " FROM {1} AS _qadhya_row").format(
+            sql.Literal(i), relation_sql(*rel))
+        for i, rel in indexed
+    ]
+    return sql.SQL(" UNION ALL ").join(parts)
+
+
+def count_and_checksum(cur, relations, tables=None):
+    """{(schema, table): (exact rows, "rows:sum" checksum)} of `tables` (default: every counted table),
+    one scan per table, COUNT_BATCH tables per statement, in the cursor's current snapshot."""
+    tables = counted_tables(relations) if tables is None else list(tables)
+    result = {}
+    indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
+               for i, (schema, table) in enumerate(tables)]
+    for start in range(0, len(indexed), COUNT_BATCH):
+        cur.execute(count_checksum_statement(indexed[start:start + COUNT_BATCH]))
+        for i, rows, total in cur.fetchall():
+            result[tables[i]] = (int(rows), checksum_text(rows, total))
+    return result

@@ -122,3 +122,33 @@ def test_first_line(error, expected):
 
 def test_first_line_default():
     assert first_line(OSError(), "connection failed") == "connection failed"
+
+
+class ChecksumCursor(Cursor):
+    """Answers the count-and-checksum statement: (index, rows, hash sum) per table."""
+
+    def execute(self, query, params=None):
+        text = flatten(query)
+        self.statements.append(text)
+        if "FROM pg_catalog.pg_class" in text:
+            self.rows = ROWS
+            return
+        self.rows = []
+        for part in text.split(" UNION ALL "):
+            index = int(part.split("::int")[0].replace("SELECT ", ""))
+            relation = part.split(" FROM ", 1)[1].split(" AS _qadhya_row")[0]
+            self.rows.append((index, self.counts[relation], -7 * self.counts[relation]))
+
+
+def test_count_and_checksum_come_from_one_scan_per_table(monkeypatch):
+    monkeypatch.setattr(catalog, "COUNT_BATCH", 3)
+    cur = ChecksumCursor(COUNTS)
+    relations = catalog.list_relations(cur)
+    result = catalog.count_and_checksum(cur, relations)
+    assert result[("public", "knowledge_base")] == (580, "580:-4060")
+    assert result[("audit", "events")] == (30, "30:-210") and len(result) == 4
+    scans = [s for s in cur.statements if "count(*)" in s]
+    assert len(scans) == 2  # 4 tables, 3 per statement
+    # each table appears once, counted and hashed by the same SELECT, read as it is counted
+    assert all(s.count("hashtext(_qadhya_row::text)") == s.count("count(*)") for s in scans)
+    assert 'FROM ONLY "public"."knowledge_base" AS _qadhya_row' in scans[0]
