@@ -11,7 +11,15 @@ APP_STEPS = ("app_stop", "app_start", "app_recreate")
 
 
 class Refusal(ValueError):
-    """The real state is not one the rollback knows how to undo."""
+    """The real state is not one the rollback knows how to undo.
+
+    `aside`: a database that took a name the undo needs, which a person must
+    move aside (never dropped by us) before the undo can go on.
+    """
+
+    def __init__(self, message, aside=""):
+        super().__init__(message)
+        self.aside = aside
 
 
 def _undoable(entries):
@@ -30,7 +38,10 @@ def plan_undo(journal, probe):
     """Ordered undo steps for `journal` given `probe`, the state found now.
 
     probe: {databases: {name: accepts connections (bool)}, env: {sha256},
-            app: {exists, running, previous_exists}}
+            app: {exists, running, previous_exists}[, holders: [name]]}
+    holders, when given, are the databases (of those a rename of the journal
+    names) that hold data: with both names of a rename there, it tells the
+    rename already undone from a database that took the old name since.
     Each step: {do: stop_app|allow|rename|restore_db|restore_env|restore_container|start_app, ...}.
     Raises Refusal when the state is not one of those the journal explains.
     """
@@ -42,6 +53,7 @@ def plan_undo(journal, probe):
     env = probe.get("env") or {}
     app = probe.get("app") or {}
     env_sha = env.get("sha256")
+    holders = probe.get("holders")
     db_steps, env_steps, kept, notes = [], [], [], []
     mentioned = set()
     app_touched = False
@@ -68,6 +80,13 @@ def plan_undo(journal, probe):
             elif old not in dbs:
                 raise Refusal("neither %s nor %s exists any more; the data is not where this run left it"
                               % (old, new))
+            elif new in dbs and holders is not None and new in holders:
+                if old in holders:
+                    raise Refusal("both %s and %s hold data; which one the app must use is for a person "
+                                  "to decide" % (old, new))
+                raise Refusal("%s holds the data this run renamed from %s, and a database named %s (no "
+                              "data) appeared since: the rename back needs its name; move it aside "
+                              "(rename it), then roll back" % (new, old, old), aside=old)
         elif step == "db_drop":
             name = entry["database"]
             mentioned.add(name)

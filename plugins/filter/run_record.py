@@ -13,11 +13,12 @@ decide the result and its one-line message live here, unit-tested.
 
 import datetime
 import os
+import shlex
 
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.qadhya.dbops.plugins.filter.consolidation import consolidation_steps
-from ansible_collections.qadhya.dbops.plugins.filter.journal import undo_describe
+from ansible_collections.qadhya.dbops.plugins.filter.journal import Refusal, plan_undo, undo_describe
 
 BACKUP_KEYS = ("path", "bytes", "sha256", "format", "verified", "duration_s", "throughput_mb_s",
                "manifest_path", "deleted")
@@ -54,22 +55,166 @@ def _cause(failure):
     return "%s: %s" % (failure.get("task") or "a step", first_line(failure.get("msg")))
 
 
-def rollback_outcome(undos, failures, run_id, cause="", journal_dir=""):
-    """How the undo of journal `run_id` went: {result, message, undone[, rollback]}.
+def _sql_ident(name):
+    return '"%s"' % str(name).replace('"', '""')
 
-    undos: {run_id: undo_plan} of the plans decided; failures: the run_failure list.
+
+def _env_state(entries, sha):
+    """How the env file stands against this run's writes of it."""
+    writes = [e for e in entries if e.get("step") == "env_write"]
+    if not writes or not sha:
+        return ""
+    if sha == writes[-1].get("sha256_after"):
+        return "the env file as this run wrote it (%s)" % ", ".join(
+            "%s=%s" % kv for kv in (writes[-1].get("set") or {}).items())
+    for entry in writes:
+        if sha == entry.get("sha256_before"):
+            previous = entry.get("previous") or {}
+            return "the env file as before this run wrote it" + (
+                " (%s)" % ", ".join("%s=%s" % kv for kv in previous.items()) if previous else "")
+    return "the env file changed by someone else since this run wrote it"
+
+
+def undo_state(journal, probe):
+    """One line for a person: where the data, the env file and the app stand now."""
+    journal, probe = journal or {}, probe or {}
+    entries = journal.get("entries") or []
+    found = probe.get("databases") or {}
+    holders = probe.get("holders")
+    named = []
+    for entry in entries:
+        for name in ([entry.get("from"), entry.get("to")] if entry.get("step") == "db_rename" else
+                     [entry.get("database")] if entry.get("step") == "db_drop" else []):
+            if name and name not in named:
+                named.append(name)
+    parts = []
+    if holders:
+        parts.append("the data is in " + " and ".join(sorted(holders)))
+    for name in named:
+        if name not in found:
+            parts.append("%s does not exist" % name)
+        elif holders is not None and name not in holders:
+            parts.append("%s exists, holding no data" % name)
+        if name in found and not found[name]:
+            parts.append("%s refuses connections" % name)
+    env = _env_state(entries, (probe.get("env") or {}).get("sha256"))
+    if env:
+        parts.append(env)
+    app = probe.get("app") or {}
+    parts.append("the app " + ("is missing" if not app.get("exists") else
+                               "is running" if app.get("running") else "is stopped"))
+    if app.get("previous_exists"):
+        parts.append("the container an interrupted recreate set aside is still there")
+    return "; ".join(parts)
+
+
+def _psql(names, statement):
+    """psql in the database container as the login, over its local socket: never a password."""
+    return ["docker", "exec", names.get("db") or "DB", "psql", "-U", names.get("user") or "postgres", "-d",
+            "postgres", "-v", "ON_ERROR_STOP=1", "-c", statement]
+
+
+def _rename_sql(name, target):
+    return "ALTER DATABASE %s RENAME TO %s" % (_sql_ident(name), _sql_ident(target))
+
+
+def _step_commands(step, names, recreated):
+    """Shell commands doing one undo step by hand."""
+    app, db, user = names.get("app") or "APP", names.get("db") or "DB", names.get("user") or "postgres"
+    kind = step["do"]
+    if kind == "stop_app":
+        argv = [["docker", "stop", app]]
+    elif kind == "allow":
+        argv = [_psql(names, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true" % _sql_ident(step["database"]))]
+    elif kind == "rename":
+        argv = [_psql(names, _rename_sql(step["name"], step["target"]))]
+    elif kind == "restore_db":
+        return [shlex.join(["docker", "exec", db, "createdb", "-U", user, step["database"]]),
+                shlex.join(["docker", "exec", "-i", db, "pg_restore", "-U", user, "--exit-on-error", "-d",
+                            step["database"]]) + " < " + shlex.quote(step["backup"])]
+    elif kind == "restore_env":
+        argv = [["cp", "-p", step["backup"], step["file"]]]
+    elif kind == "restore_container":
+        argv = [["docker", "rm", "-f", app], ["docker", "rename", app + ".dbops-previous", app]]
+    elif kind == "start_app":
+        if recreated:
+            return ["# %s took its env at creation: create it again with DB_NAME=%s (playbooks/rollback.yml "
+                    "does it)" % (app, step["database"])]
+        argv = [["docker", "start", app]]
+    else:
+        return []
+    return [shlex.join(a) for a in argv]
+
+
+def undo_by_hand(journal, probe, names=None):
+    """What is left of an undo that failed, for the person who finishes it:
+    {now, refusal, steps, commands} from the journal and the state probed after the failure.
+
+    names: {app, db, user, health_url}. A database that took a name the undo needs is renamed aside
+    first (to <name>_appeared), never dropped.
+    """
+    journal, names = journal or {}, names or {}
+    now = undo_state(journal, probe)
+    probe = dict(probe or {})
+    refusal, commands, plan = "", [], None
+    try:
+        plan = plan_undo(journal, probe)
+    except Refusal as exc:
+        refusal = str(exc)
+        if exc.aside:
+            aside = exc.aside.encode("utf-8")[:63 - len("_appeared")].decode("utf-8", "ignore") + "_appeared"
+            commands.append(shlex.join(_psql(names, _rename_sql(exc.aside, aside))))
+            probe["databases"] = {k: v for k, v in (probe.get("databases") or {}).items() if k != exc.aside}
+            try:
+                plan = plan_undo(journal, probe)
+            except Refusal:
+                plan, commands = None, []
+    except (KeyError, TypeError) as exc:
+        refusal = "the journal is malformed (%s)" % exc
+    recreated = any(e.get("step") == "app_recreate" for e in journal.get("entries") or [])
+    steps = (plan or {}).get("steps") or []
+    for step in steps:
+        commands.extend(_step_commands(step, names, recreated))
+    if commands and names.get("health_url") and steps and steps[-1]["do"] == "start_app":
+        # The app takes a moment to answer once started.
+        commands.append(shlex.join(["curl", "-fsS", "--retry", "60", "--retry-delay", "1",
+                                    "--retry-all-errors", names["health_url"]]))
+    return dict(now=now, refusal=refusal, steps=[s["do"] for s in steps],
+                commands=commands if plan is not None else [])
+
+
+def rollback_outcome(undos, failures, run_id, cause="", journal_dir=""):
+    """How the undo of journal `run_id` went: {result, message, undone[, rollback][, now, by_hand]}.
+
+    undos: {run_id: undo_plan} of the plans decided; failures: the run_failure list (a rollback's
+    failure may carry `left`, the undo_by_hand of the state probed after it).
     """
     plan = (undos or {}).get(run_id)
     broke = [f for f in failures or [] if f.get("phase") == "rollback" and f.get("run_id") == run_id]
     if broke:
         failure = broke[0]
-        message = (cause + " — " if cause else "") + "ROLLBACK FAILED at %s: %s. The journal %s (in %s) " \
-            "still holds every change; fix the cause and run playbooks/rollback.yml, which resumes from " \
-            "the real state" % (failure.get("task") or "?", first_line(failure.get("msg"), ""),
-                                run_id or "?", journal_dir)
-        if plan is not None:
-            message += ". By hand, remaining: " + ", ".join(step["do"] for step in plan.get("steps") or [])
-        return dict(result="failed", message=message, undone=False)
+        left = next((f["left"] for f in broke if f.get("left")), None)
+        message = (cause + " — " if cause else "") + "ROLLBACK FAILED at %s: %s" % (
+            failure.get("task") or "?", first_line(failure.get("msg"), ""))
+        if left is None:
+            message += ". The journal %s (in %s) still holds every change; fix the cause and run " \
+                "playbooks/rollback.yml, which resumes from the real state" % (run_id or "?", journal_dir)
+            if plan is not None:
+                message += ". By hand, remaining: " + ", ".join(s["do"] for s in plan.get("steps") or [])
+            return dict(result="failed", message=message, undone=False)
+        message += ". Now: %s. The journal %s (in %s) still holds every change. " % (
+            left["now"], run_id or "?", journal_dir)
+        commands = [c for c in left.get("commands") or [] if not c.startswith("#")]
+        if commands:
+            message += "To finish by hand: %s; or fix the cause and run playbooks/rollback.yml, which " \
+                "resumes from the real state" % " && ".join(commands)
+            comments = [c[2:] for c in left["commands"] if c.startswith("#")]
+            if comments:
+                message += " (" + "; ".join(comments) + ")"
+        else:
+            message += "Fix the cause, then run playbooks/rollback.yml, which resumes from the real state"
+        return dict(result="failed", message=message, undone=False, now=left["now"],
+                    by_hand=list(left.get("commands") or []))
     if plan is None:
         return dict(result="failed", message=cause, undone=False)
     if plan.get("steps"):
@@ -165,6 +310,7 @@ def consolidation_record(facts):
         else:
             outcome = rollback_outcome(undos, failures, facts.get("run_id") or "", cause, journal_dir)
             record.update(result=outcome["result"], message=outcome["message"])
+            record.update((k, outcome[k]) for k in ("now", "by_hand") if k in outcome)
             if "rollback" in outcome:
                 record["rollback"] = outcome["rollback"]
     elif facts.get("held"):
@@ -227,6 +373,7 @@ def rollback_record(facts):
     else:
         outcome = rollback_outcome(undos, failures, last.get("run_id"), journal_dir=journal_dir)
         result, message = outcome["result"], outcome["message"]
+        record.update((k, outcome[k]) for k in ("now", "by_hand") if k in outcome)
         if "rollback" in outcome:
             record["rollback"] = outcome["rollback"]
         if outcome["undone"] and result == "failed":
@@ -329,6 +476,7 @@ class FilterModule:
         return {
             "run_failure": run_failure,
             "rollback_outcome": rollback_outcome,
+            "undo_by_hand": undo_by_hand,
             "consolidation_record": consolidation_record,
             "rollback_record": rollback_record,
             "migrations_planned": migrations_planned,

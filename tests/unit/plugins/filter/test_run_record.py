@@ -231,3 +231,71 @@ def test_report_base(monkeypatch):
     assert rr.report_base(record, "/r", "check") == "/r/check/lab-20261201T100000"
     monkeypatch.setenv("XDG_STATE_HOME", "/state")
     assert rr.report_base(record) == "/state/qadhya.dbops/reports/lab-20261201T100000"
+
+
+NAMES = dict(app="web", db="pg", user="app", health_url="http://h/api/health")
+UNDO_JOURNAL = dict(run_id="r1", entries=[
+    entry("checkpoint", expect=dict(database="moncabinet", healthy=True)),
+    entry("app_stop"),
+    entry("db_drop", database="qadhya", backup="/b/qadhya.dump"),
+    entry("db_rename", **{"from": "moncabinet", "to": "qadhya"}),
+    entry("env_write", file="/app/.env", backup="/app/.env.1~", sha256_before="b", sha256_after="a",
+          set={"DB_NAME": "qadhya"}, previous={"DB_NAME": "moncabinet"}),
+    entry("app_start"),
+])
+
+
+def probe(dbs, sha, running=False, holders=None):
+    return dict(databases=dbs, env=dict(sha256=sha), holders=holders,
+                app=dict(exists=True, running=running, previous_exists=False))
+
+
+def test_undo_by_hand_says_where_things_stand_and_the_commands_left():
+    left = rr.undo_by_hand(UNDO_JOURNAL, probe({"qadhya": True}, "a", holders=["qadhya"]), NAMES)
+    assert left["now"] == ("the data is in qadhya; moncabinet does not exist; the env file as this run "
+                           "wrote it (DB_NAME=qadhya); the app is stopped")
+    assert left["steps"] == ["rename", "restore_db", "restore_env", "start_app"]
+    assert left["commands"] == [
+        "docker exec pg psql -U app -d postgres -v ON_ERROR_STOP=1 -c "
+        "'ALTER DATABASE \"qadhya\" RENAME TO \"moncabinet\"'",
+        "docker exec pg createdb -U app qadhya",
+        "docker exec -i pg pg_restore -U app --exit-on-error -d qadhya < /b/qadhya.dump",
+        "cp -p '/app/.env.1~' /app/.env",
+        "docker start web",
+        "curl -fsS --retry 60 --retry-delay 1 --retry-all-errors http://h/api/health"]
+    # The rename back done, the start refused: only the start is left.
+    left = rr.undo_by_hand(UNDO_JOURNAL, probe({"qadhya": True, "moncabinet": True}, "b",
+                                               holders=["moncabinet"]), NAMES)
+    assert left["now"].startswith("the data is in moncabinet; qadhya exists, holding no data; the env file "
+                                  "as before this run wrote it (DB_NAME=moncabinet)")
+    assert left["commands"][0] == "docker start web" and len(left["commands"]) == 2
+
+
+def test_undo_by_hand_moves_a_newcomer_aside_first_and_never_drops_it():
+    left = rr.undo_by_hand(UNDO_JOURNAL, probe({"qadhya": True, "moncabinet": True}, "a", True, ["qadhya"]),
+                           NAMES)
+    assert "appeared since" in left["refusal"]
+    assert "moncabinet exists, holding no data" in left["now"] and "the app is running" in left["now"]
+    assert left["commands"][0].endswith("'ALTER DATABASE \"moncabinet\" RENAME TO \"moncabinet_appeared\"'")
+    assert left["commands"][1:3] == ["docker stop web", left["commands"][2]]
+    assert "DROP" not in " ".join(left["commands"])
+    # Both holding data: no command, a person decides.
+    left = rr.undo_by_hand(UNDO_JOURNAL, probe({"qadhya": True, "moncabinet": True}, "a",
+                                               holders=["qadhya", "moncabinet"]), NAMES)
+    assert left["commands"] == [] and "both" in left["refusal"]
+
+
+def test_a_failed_rollback_with_the_state_probed_after_it():
+    left = rr.undo_by_hand(UNDO_JOURNAL, probe({"qadhya": True}, "a", holders=["qadhya"]), NAMES)
+    noted = [failure("switch"), dict(failure("rollback", "Rename | Rename", "pinned", "r1"), left=left)]
+    record = rr.consolidation_record(facts(failures=noted, undos={"r1": dict(steps=STEPS)}))
+    assert record["result"] == "failed" and record["by_hand"] == left["commands"]
+    assert record["now"] == left["now"]
+    assert record["message"].startswith(
+        "Switch | Rename the database: boom — ROLLBACK FAILED at Rename | Rename: pinned. Now: the data is "
+        "in qadhya; ")
+    assert ("(in /srv/backups/journal) still holds every change. To finish by hand: docker exec pg psql"
+            in record["message"])
+    assert record["message"].endswith("; or fix the cause and run playbooks/rollback.yml, which resumes from "
+                                      "the real state")
+    assert " && ".join(left["commands"]) in record["message"] and "\n" not in record["message"]

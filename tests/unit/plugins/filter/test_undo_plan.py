@@ -118,3 +118,15 @@ def test_an_app_stopped_before_the_run_is_left_stopped():
                {"step": "app_start", "container": "app"}]
     plan = undo_plan(journal(entries), probe({"copy": True}, AFTER, running=True))
     assert kinds(plan) == ["stop_app", "restore_env"]
+
+
+def test_both_names_there_after_the_rename_are_told_apart_by_the_data():
+    dbs = {"moncabinet": True, "qadhya": True}
+    # The rename was already undone (and the emptied target restored): nothing left of it.
+    plan = undo_plan(journal(SWITCH), dict(probe(dbs, BEFORE, running=False), holders=["moncabinet"]))
+    assert kinds(plan) == ["start_app"]
+    # A database took the old name while the data is under the new one: never undone blindly.
+    with pytest.raises(AnsibleFilterError, match="a database named moncabinet .no data. appeared since"):
+        undo_plan(journal(SWITCH), dict(probe(dbs, AFTER), holders=["qadhya"]))
+    with pytest.raises(AnsibleFilterError, match="both moncabinet and qadhya hold data"):
+        undo_plan(journal(SWITCH), dict(probe(dbs, AFTER), holders=["moncabinet", "qadhya"]))
