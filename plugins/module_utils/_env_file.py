@@ -24,7 +24,13 @@ Syntax understood, the common subset of ``docker --env-file`` and dotenv:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
+import shutil
+import tempfile
+import time
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINE_RE = re.compile(
@@ -262,3 +268,124 @@ def diff_text(content, values, path="env file"):
             out.append("-" + item["before_line"])
         out.append("+" + item["after_line"] + ("   (appended)" if item["appended"] else ""))
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------
+# The file on the Docker host: read and plan, then back up, journal and write
+# (the env_file module, and the app_switch module inside the window)
+# --------------------------------------------------------------------------
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def backup_name(path):
+    """The same shape as ansible.builtin.copy's backup=true, so operators find it where they expect."""
+    return "%s.%d.%s~" % (path, os.getpid(), time.strftime("%Y-%m-%d@%H:%M:%S"))
+
+
+def write_like(path, data, st):
+    """Write `data` to `path` atomically, with the owner, group and mode of `st`."""
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path))
+    try:
+        os.fchmod(fd, st.st_mode & 0o7777)
+        # Not root: the file stays ours, as it was.
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, st.st_uid, st.st_gid)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class EnvWrite:
+    """One planned write of an env file: `plan()` reads and checks it (nothing written, usable
+    before a downtime window), `apply(journal)` backs it up, journals and writes it.
+
+    Raises EnvFileError with one line naming the file and the fix; `result` is what the
+    env_file module returns (changes, sha256s, masked previous values, the diff lines).
+    """
+
+    def __init__(self, path, values, backup=True, assume=None, diff=False):
+        self.path = path
+        self.values = {str(k): "" if v is None else str(v) for k, v in (values or {}).items()}
+        self.backup = backup
+        self.assume = {str(k): "" if v is None else str(v) for k, v in (assume or {}).items()}
+        self.want_diff = diff
+        self.result = {}
+        self._st = None
+        self._raw = None
+        self._new_raw = None
+
+    def plan(self):
+
+        path = self.path
+        try:
+            st = os.stat(path)
+            if not os.path.isfile(path):
+                raise EnvFileError("env file %s is not a regular file; set dbops_env_file to the app's "
+                                   "env file" % path)
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise EnvFileError("cannot read env file %s (%s); set dbops_env_file to the app's env file on "
+                               "the Docker host and check its permissions"
+                               % (path, exc.strerror or exc)) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EnvFileError("env file %s is not UTF-8 (byte %d); save it as UTF-8"
+                               % (path, exc.start)) from None
+        try:
+            if self.assume:
+                text = set_values(text, self.assume)
+                raw = text.encode("utf-8")
+            new_text = set_values(text, self.values)
+            items = changes(text, self.values)
+        except EnvFileError as exc:
+            raise EnvFileError("env file %s: %s" % (path, exc)) from None
+        current = parse(text)
+        new_raw = new_text.encode("utf-8")
+        result = dict(
+            changed=new_raw != raw,
+            changes=[{k: item[k] for k in ("key", "before", "after", "appended")} for item in items],
+            sha256_before=_sha256(raw),
+            sha256_after=_sha256(new_raw),
+            previous={key: mask_value(key, current.get(key)) for key in self.values},
+            lines=diff_text(text, self.values, path).splitlines(),
+        )
+        if self.want_diff and result["changed"]:
+            result["diff"] = dict(before_header="%s (before)" % path, after_header="%s (after)" % path,
+                                  before="".join(i["before_line"] + "\n" for i in items if i["before_line"]),
+                                  after="".join(i["after_line"] + "\n" for i in items))
+        self._st, self._raw, self._new_raw = st, raw, new_raw
+        self.result = result
+        return result
+
+    def apply(self, journal):
+        """Write what plan() computed (nothing when unchanged); `journal(step, **details)` is called
+        just before the write. Returns the result, with backup_file when a backup was made."""
+        result, path, st = self.result, self.path, self._st
+        if not result.get("changed"):
+            return result
+        if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.W_OK):
+            raise EnvFileError("env file %s (or its directory) is not writable by this user; run with become "
+                               "or fix its permissions — nothing was changed" % path)
+        backup = backup_name(path) if self.backup else None
+        if backup:
+            shutil.copy2(path, backup)
+            os.chmod(backup, st.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(backup, st.st_uid, st.st_gid)
+            result["backup_file"] = backup
+        journal("env_write", file=path, backup=backup, sha256_before=result["sha256_before"],
+                sha256_after=result["sha256_after"], previous=result["previous"],
+                set={k: mask_value(k, v) for k, v in self.values.items()})
+        write_like(path, self._new_raw, st)
+        return result

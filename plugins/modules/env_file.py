@@ -101,16 +101,9 @@ lines:
     - "+DB_NAME=moncabinet"
 """
 
-import contextlib
-import hashlib
-import os
-import shutil
-import tempfile
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
+from ansible_collections.qadhya.dbops.plugins.module_utils._env_file import EnvFileError, EnvWrite
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     JournalError,
     ModuleJournal,
@@ -118,95 +111,17 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
 )
 
 
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def backup_name(path):
-    # The same shape as ansible.builtin.copy's backup=true, so operators find it where they expect.
-    return "%s.%d.%s~" % (path, os.getpid(), time.strftime("%Y-%m-%d@%H:%M:%S"))
-
-
-def write_like(path, data, st):
-    """Write `data` to `path` atomically, with the owner, group and mode of `st`."""
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path))
-    try:
-        os.fchmod(fd, st.st_mode & 0o7777)
-        # Not root: the file stays ours, as it was.
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, st.st_uid, st.st_gid)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(module):
-    path = module.params["path"]
-    values = {str(k): "" if v is None else str(v) for k, v in module.params["values"].items()}
+    params = module.params
+    writer = EnvWrite(params["path"], params["values"], backup=params["backup"],
+                      assume=params["assume"] if module.check_mode else None, diff=module._diff)
     try:
-        st = os.stat(path)
-        if not os.path.isfile(path):
-            module.fail_json(msg="env file %s is not a regular file; set dbops_env_file to the app's env file"
-                             % path)
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        module.fail_json(msg="cannot read env file %s (%s); set dbops_env_file to the app's env file on "
-                             "the Docker host and check its permissions" % (path, exc.strerror or exc))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        module.fail_json(msg="env file %s is not UTF-8 (byte %d); save it as UTF-8" % (path, exc.start))
-    assume = module.params["assume"] if module.check_mode else {}
-    try:
-        if assume:
-            text = envfile.set_values(text, {str(k): "" if v is None else str(v) for k, v in assume.items()})
-            raw = text.encode("utf-8")
-        new_text = envfile.set_values(text, values)
-        items = envfile.changes(text, values)
-    except envfile.EnvFileError as exc:
-        module.fail_json(msg="env file %s: %s" % (path, exc))
-    current = envfile.parse(text)
-    new_raw = new_text.encode("utf-8")
-    result = dict(
-        changed=new_raw != raw,
-        changes=[{k: item[k] for k in ("key", "before", "after", "appended")} for item in items],
-        sha256_before=sha256(raw),
-        sha256_after=sha256(new_raw),
-        previous={key: envfile.mask_value(key, current.get(key)) for key in values},
-        lines=envfile.diff_text(text, values, path).splitlines(),
-    )
-    if module._diff and result["changed"]:
-        result["diff"] = dict(before_header="%s (before)" % path, after_header="%s (after)" % path,
-                              before="".join(i["before_line"] + "\n" for i in items if i["before_line"]),
-                              after="".join(i["after_line"] + "\n" for i in items))
-    if not result["changed"] or module.check_mode:
-        return result
-    if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.W_OK):
-        module.fail_json(msg="env file %s (or its directory) is not writable by this user; run with become "
-                             "or fix its permissions — nothing was changed" % path, **result)
-    backup = backup_name(path) if module.params["backup"] else None
-    if backup:
-        shutil.copy2(path, backup)
-        os.chmod(backup, st.st_mode & 0o7777)
-        with contextlib.suppress(PermissionError):
-            os.chown(backup, st.st_uid, st.st_gid)
-        result["backup_file"] = backup
-    journal = ModuleJournal(module)
-    try:
-        journal("env_write", file=path, backup=backup, sha256_before=result["sha256_before"],
-                sha256_after=result["sha256_after"], previous=result["previous"],
-                set={k: envfile.mask_value(k, v) for k, v in values.items()})
-    except JournalError as exc:
-        module.fail_json(msg=str(exc), **result)
-    write_like(path, new_raw, st)
-    return result
+        result = writer.plan()
+        if module.check_mode:
+            return result
+        return writer.apply(ModuleJournal(module))
+    except (EnvFileError, JournalError) as exc:
+        module.fail_json(msg=str(exc), **writer.result)
 
 
 def main():
