@@ -26,6 +26,10 @@ import re
 import time
 from datetime import datetime, timezone
 
+from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.urls import open_url
+
 from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as envfile
 from ansible_collections.qadhya.dbops.plugins.module_utils._compose import (
     compose_dry_run_others,
@@ -33,6 +37,11 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._compose import (
     compose_service,
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._engine_api import DockerAPIError
+
+try:
+    from urllib.error import HTTPError
+except ImportError:  # pragma: no cover
+    HTTPError = None
 
 PREVIOUS_SUFFIX = ".dbops-previous"
 POLL_INTERVAL = 0.05
@@ -326,6 +335,62 @@ def summarize_body(body):
 
 
 # --------------------------------------------------------------------------
+# What the modules that drive the app container share (app_container, app_switch)
+# --------------------------------------------------------------------------
+
+
+def container_argument_spec():
+    """How the app is started and judged ready: the options app_container and app_switch share."""
+    return dict(
+        strategy=dict(type="str", default="auto", choices=["auto", "restart", "recreate"]),
+        health_url=dict(type="str"),
+        health_timeout=dict(type="int", default=60),
+        wait_healthy=dict(type="bool", default=True),
+        stop_timeout=dict(type="int", default=10),
+        validate_certs=dict(type="bool", default=True),
+        allow_anonymous_volumes=dict(type="bool", default=False),
+        docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
+    )
+
+
+class HealthProbe:
+    """GET the health URL: (status or None, body bytes, error text)."""
+
+    def __init__(self, validate_certs):
+        self.validate_certs = validate_certs
+
+    def __call__(self, url, timeout):
+        try:
+            resp = open_url(url, method="GET", timeout=timeout, validate_certs=self.validate_certs,
+                            follow_redirects="safe")
+            return resp.getcode(), resp.read(65536), ""
+        except HTTPError as exc:
+            body = b""
+            try:
+                body = exc.read(65536)
+            except Exception:  # pylint: disable=broad-except
+                body = b""
+            return exc.code, body, ""
+        except Exception as exc:  # pylint: disable=broad-except
+            # refused, reset, timeout, TLS: "no answer yet" while the app starts
+            return None, b"", "%s: %s" % (type(exc).__name__, to_native(exc))
+
+
+class DockerCLI:
+    """Run the docker CLI (only Compose needs it) against the module's engine."""
+
+    def __init__(self, module, docker_host):
+        self.module = module
+        self.environ = {"DOCKER_HOST": docker_host} if docker_host else {}
+
+    def __call__(self, argv):
+        docker = self.module.get_bin_path("docker")
+        if not docker:
+            return 127, "", "the docker CLI is not installed on the Docker host"
+        return self.module.run_command([docker, *argv], environ_update=self.environ)
+
+
+# --------------------------------------------------------------------------
 # The module's logic
 # --------------------------------------------------------------------------
 
@@ -350,6 +415,12 @@ class AppContainer:
         self.clock = clock
         self.sleep = sleep
         self.name = params["name"]
+        # Set by the switch (app_switch): Docker's own health is awaited after its window closes
+        # (wait_docker_health), and the stop's Compose check was made before the window opened.
+        self.defer_docker_health = False
+        self.compose_checked = False
+        self._deadline = None
+        self._begin = None
         self.wanted = {str(k): "" if v is None else str(v) for k, v in (params.get("env") or {}).items()}
         self.result = dict(
             changed=False, strategy="none", action="none", health_status=None, http_status=None,
@@ -423,7 +494,7 @@ class AppContainer:
             self.result["health_status"] = (state.get("Health") or {}).get("Status")
             return self.result
         self.result.update(changed=True, action="stopped")
-        if compose_service(info):
+        if compose_service(info) and not self.compose_checked:
             # Before the window opens: the start after the switch will ask Compose to recreate this
             # service, and that must touch nothing else.
             self._refuse_unsafe_compose_recreate(info)
@@ -573,6 +644,10 @@ class AppContainer:
     def _refuse_unsafe_compose_recreate(self, info):
         """Before any change: the project's files are there and the docker CLI has Compose."""
         service = compose_service(info)
+        if self.compose_checked:
+            # Checked by the same call before its window opened (app_switch).
+            self.result.setdefault("compose", dict(project=service["project"], service=service["service"]))
+            return
         missing = [path for path in service["config_files"] if not os.path.isfile(path)]
         if not service["config_files"] or missing:
             raise ContainerError(
@@ -707,38 +782,57 @@ class AppContainer:
         raise ContainerError("recreate of %s failed: %s%s" % (self.name, exc, tail), **details)
 
     # -- waiting and proving -------------------------------------------
-    def _wait_ready(self, info, begin):
-        """Wait for Docker health (or running) and for HTTP 200 from health_url."""
-        deadline = self.clock() + self.params["health_timeout"]
-        url = self.params.get("health_url")
-        has_check = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test")) and \
-            ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") != ["NONE"]
-        want_health = self.params.get("wait_healthy", True) and has_check
-        healthy_at = None
+    def _has_healthcheck(self, info):
+        test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+        return bool(test) and test != ["NONE"]
+
+    def _note_state(self, info):
+        state = info.get("State") or {}
+        health = (state.get("Health") or {}).get("Status")
+        self.result["health_status"] = health or ("running" if state.get("Running") else state.get("Status"))
+        return state, health
+
+    def _refuse_exited(self, cid, state):
+        if state.get("Running") or state.get("Restarting"):
+            return
+        logs = ""
+        with contextlib.suppress(DockerAPIError):
+            logs = " ".join(self.api.logs(cid, tail=3).split())[-300:]
+        raise ContainerError(
+            "container %s exited with code %s before becoming ready%s; fix the app's settings "
+            "and start it again"
+            % (self.name, state.get("ExitCode"), " (last log: %s)" % logs if logs else ""),
+            health_status=self.result["health_status"])
+
+    def _wait_ready(self, info, begin, docker_health=None):
+        """Wait until the app serves, then (docker_health) until Docker says it is healthy.
+
+        Serving is our own probe: the container running and O(health_url) answering 200, polled every
+        POLL_INTERVAL from the start. Docker's first health check only runs a whole interval after the
+        start (unless the image sets a start period and start interval), so waiting for "healthy"
+        first would idle on Docker's schedule. Without a health URL, Docker's health (or running, for
+        a container without healthcheck) is the only sign, and is awaited here.
+        """
+        self._deadline = self.clock() + self.params["health_timeout"]
+        self._begin = begin
+        if docker_health is None:
+            docker_health = not self.defer_docker_health
+        if not self.params.get("health_url"):
+            self.wait_docker_health(info, begin)
+            return
+        self._wait_serving(info, begin)
+        if docker_health:
+            self.wait_docker_health(self._inspect(info["Id"]), begin)
+
+    def _wait_serving(self, info, begin):
+        url = self.params["health_url"]
         last_code, last_error, last_body = None, "", None
         cid = info["Id"]
         while True:
-            state = info.get("State") or {}
-            health = (state.get("Health") or {}).get("Status")
-            self.result["health_status"] = health or (
-                "running" if state.get("Running") else state.get("Status"))
-            if not state.get("Running") and not state.get("Restarting"):
-                logs = ""
-                with contextlib.suppress(DockerAPIError):
-                    logs = " ".join(self.api.logs(cid, tail=3).split())[-300:]
-                raise ContainerError(
-                    "container %s exited with code %s before becoming ready%s; fix the app's settings "
-                    "and start it again"
-                    % (self.name, state.get("ExitCode"), " (last log: %s)" % logs if logs else ""),
-                    health_status=self.result["health_status"])
-            docker_ok = state.get("Running") and (health == "healthy" if want_health else True)
-            if docker_ok:
-                if healthy_at is None:
-                    healthy_at = self.clock()
-                    self._mark("healthy", begin)
-                if not url:
-                    return
-                per_try = max(0.5, min(5.0, deadline - self.clock()))
+            state, _health = self._note_state(info)
+            self._refuse_exited(cid, state)
+            if state.get("Running"):
+                per_try = max(0.5, min(5.0, self._deadline - self.clock()))
                 code, raw, error = self.http_get(url, per_try)
                 last_code, last_error = code, error
                 self.result["http_status"] = code
@@ -753,31 +847,54 @@ class AppContainer:
                     self._check_body_database(body)
                     return
                 last_body = raw
-            if self.clock() >= deadline:
+            if self.clock() >= self._deadline:
                 break
             self.sleep(POLL_INTERVAL)
             info = self._inspect(cid)
-        parts = ["Docker health %s" % (self.result["health_status"] or "unknown")]
+        parts = []
+        if last_code is not None or last_error:
+            detail = last_error
+            if last_body:
+                try:
+                    detail = _error_summary(json.loads(last_body.decode("utf-8")))
+                except (ValueError, UnicodeDecodeError):
+                    detail = last_body[:200].decode("utf-8", "replace")
+            answer = last_code if last_code else "nothing"
+            parts.append("%s answered %s%s" % (url, answer, " (%s)" % detail if detail else ""))
+        raise self._not_ready(info, parts)
+
+    def _not_ready(self, info, parts=()):
+        """The one-line failure of a wait: Docker's health, its last check's output, what the URL said."""
+        head = ["Docker health %s" % (self.result["health_status"] or "unknown")]
         log_tail = health_log_tail(info)
         if log_tail:
-            parts.append("last check %s" % log_tail)
-        if url:
-            if healthy_at is None:
-                # one probe, only to say what the app answers
-                last_code, last_body, last_error = self.http_get(url, 2.0)
-                self.result["http_status"] = last_code
-            if last_code is not None or last_error:
-                detail = last_error
-                if last_body:
-                    try:
-                        detail = _error_summary(json.loads(last_body.decode("utf-8")))
-                    except (ValueError, UnicodeDecodeError):
-                        detail = last_body[:200].decode("utf-8", "replace")
-                answer = last_code if last_code else "nothing"
-                parts.append("%s answered %s%s" % (url, answer, " (%s)" % detail if detail else ""))
-        raise ContainerError(
-            "%s not ready after %ss: %s" % (self.name, self.params["health_timeout"], "; ".join(parts)),
-            health_status=self.result["health_status"], http_status=last_code)
+            head.append("last check %s" % log_tail)
+        reason = "; ".join(head + list(parts))
+        return ContainerError(
+            "%s not ready after %ss: %s" % (self.name, self.params["health_timeout"], reason),
+            health_status=self.result["health_status"], http_status=self.result.get("http_status"))
+
+    def wait_docker_health(self, info=None, begin=None):
+        """Wait for Docker's "healthy" when the container has a healthcheck and wait_healthy is set;
+        else running is enough. Within health_timeout of the start (of this call, when called alone,
+        as the switch does once its window has closed)."""
+        info = info or self._inspect(self.result.get("container_id") or self.name)
+        begin = self._begin if begin is None else begin
+        if self._deadline is None or self.clock() > self._deadline:
+            self._deadline = self.clock() + self.params["health_timeout"]
+        want_health = self.params.get("wait_healthy", True) and self._has_healthcheck(info)
+        cid = info["Id"]
+        while True:
+            state, health = self._note_state(info)
+            self._refuse_exited(cid, state)
+            if state.get("Running") and (health == "healthy" if want_health else True):
+                self._mark("healthy", begin)
+                return
+            if self.clock() >= self._deadline:
+                break
+            self.sleep(POLL_INTERVAL)
+            info = self._inspect(cid)
+        raise self._not_ready(info)
 
     def _check_body_database(self, body):
         if ("DB_NAME" in self.wanted and isinstance(body, dict) and "database" in body

@@ -104,27 +104,6 @@ options:
         healthcheck (or with V(false)) being running is enough.
     type: bool
     default: true
-  stop_timeout:
-    description: Seconds Docker waits after SIGTERM before killing the app when stopping or restarting it.
-    type: int
-    default: 10
-  validate_certs:
-    description: Verify the TLS certificate of an C(https) O(health_url).
-    type: bool
-    default: true
-  allow_anonymous_volumes:
-    description:
-      - Allow a recreate although the container has anonymous volumes. Their content stays in the
-        (orphaned) old volumes and the new container gets new, empty ones; use it only when that content
-        is disposable. Better, give such volumes a name.
-    type: bool
-    default: false
-  docker_host:
-    description:
-      - Docker Engine endpoint, C(unix:///path/to/docker.sock) or C(tcp://host:port) (no TLS).
-      - Defaults to the E(DOCKER_HOST) environment variable of the module, else the local socket
-        C(unix:///var/run/docker.sock).
-    type: str
 notes:
   - Supports check mode - the container is inspected and the plan reported in RV(strategy) and
     RV(would); nothing is stopped, started or created, and the health URL is only read. A mounted env
@@ -141,6 +120,7 @@ requirements:
 seealso:
   - module: community.docker.docker_container
 extends_documentation_fragment:
+  - qadhya.dbops.app
   - qadhya.dbops.attributes
   - qadhya.dbops.attributes.NO_DIFF
   - qadhya.dbops.attributes.JOURNAL
@@ -254,11 +234,15 @@ container_id:
   sample: 4f1c0a9e2b7d...
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
-from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qadhya.dbops.plugins.module_utils._container import AppContainer, ContainerError
+from ansible_collections.qadhya.dbops.plugins.module_utils._container import (
+    AppContainer,
+    ContainerError,
+    DockerCLI,
+    HealthProbe,
+    container_argument_spec,
+)
 from ansible_collections.qadhya.dbops.plugins.module_utils._engine_api import DockerAPI, DockerAPIError
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     JournalError,
@@ -266,65 +250,15 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     journal_argument_spec,
 )
 
-try:
-    from urllib.error import HTTPError
-except ImportError:  # pragma: no cover
-    HTTPError = None
-
-
 def argument_spec():
     return dict(
         name=dict(type="str", required=True),
         state=dict(type="str", required=True, choices=["stopped", "started"]),
         env=dict(type="dict", default={}),
         env_file=dict(type="path"),
-        strategy=dict(type="str", default="auto", choices=["auto", "restart", "recreate"]),
-        health_url=dict(type="str"),
-        health_timeout=dict(type="int", default=60),
-        wait_healthy=dict(type="bool", default=True),
-        stop_timeout=dict(type="int", default=10),
-        validate_certs=dict(type="bool", default=True),
-        allow_anonymous_volumes=dict(type="bool", default=False),
-        docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
+        **container_argument_spec(),
         **journal_argument_spec()
     )
-
-
-class HealthProbe:
-    """GET the health URL: (status or None, body bytes, error text)."""
-
-    def __init__(self, validate_certs):
-        self.validate_certs = validate_certs
-
-    def __call__(self, url, timeout):
-        try:
-            resp = open_url(url, method="GET", timeout=timeout, validate_certs=self.validate_certs,
-                            follow_redirects="safe")
-            return resp.getcode(), resp.read(65536), ""
-        except HTTPError as exc:
-            body = b""
-            try:
-                body = exc.read(65536)
-            except Exception:  # pylint: disable=broad-except
-                body = b""
-            return exc.code, body, ""
-        except Exception as exc:  # pylint: disable=broad-except
-            # refused, reset, timeout, TLS: "no answer yet" while the app starts
-            return None, b"", "%s: %s" % (type(exc).__name__, to_native(exc))
-
-
-class DockerCLI:
-    """Run the docker CLI (only Compose needs it) against the module's engine."""
-
-    def __init__(self, module, docker_host):
-        self.module = module
-        self.environ = {"DOCKER_HOST": docker_host} if docker_host else {}
-
-    def __call__(self, argv):
-        docker = self.module.get_bin_path("docker")
-        if not docker:
-            return 127, "", "the docker CLI is not installed on the Docker host"
-        return self.module.run_command([docker, *argv], environ_update=self.environ)
 
 
 def main():

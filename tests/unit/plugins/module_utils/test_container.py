@@ -542,3 +542,38 @@ def test_secret_values_are_masked():
     with pytest.raises(ct.ContainerError) as err:
         manager(api, params(strategy="restart", env={"DB_PASSWORD": "new-secret"})).run()
     assert "new-secret" not in str(err.value) and "pw" not in str(err.value).replace("password", "")
+
+
+def test_serving_is_our_probe_not_dockers_first_health_check():
+    # Docker still says "starting" (its first check waits a whole interval): the URL answers
+    # 200 at once, and that is when the app serves; Docker's "healthy" is awaited after it.
+    api = FakeAPI([created_mode_container(running=False)], new_health="starting")
+    mgr = manager(api, params(health_timeout=5))
+    mgr.defer_docker_health = True
+    result = mgr.run()
+    assert result["action"] == "recreated" and result["http_status"] == 200
+    assert "http_200" in result["timings"] and "healthy" not in result["timings"]
+    assert result["health_status"] == "starting"
+    api.containers["qadhya-nextjs"]["State"]["Health"]["Status"] = "healthy"
+    mgr.wait_docker_health()
+    assert result["health_status"] == "healthy" and "healthy" in result["timings"]
+
+
+def test_docker_health_is_still_awaited_by_app_container_and_its_failure_named():
+    api = FakeAPI([created_mode_container(running=False)], new_health="unhealthy")
+    with pytest.raises(ct.ContainerError, match="Docker health unhealthy"):
+        manager(api, params(health_timeout=1)).run()
+    # the recreate was undone: the old container is back under its name
+    assert set(api.containers) == {"qadhya-nextjs"} and api.containers["qadhya-nextjs"]["Id"] == OLD_ID
+
+
+def test_the_probe_is_polled_while_the_app_boots():
+    answers = iter([(None, b"", "ConnectionRefusedError")] * 5)
+
+    def booting(url, timeout):
+        return next(answers, (200, json.dumps({"database": "moncabinet"}).encode(), ""))
+
+    api = FakeAPI([created_mode_container(running=False)])
+    result = manager(api, params(health_timeout=5), http=booting).run()
+    # five refusals 50 ms apart, then the 200
+    assert result["timings"]["http_200"] == pytest.approx(5 * ct.POLL_INTERVAL)
