@@ -22,9 +22,22 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     sql,
     validate_identifier,
 )
-from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import tables_with_data
+from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import (
+    MIGRATIONS_TABLE,
+    DEFAULT_SCHEMA,
+    count_and_checksum,
+    list_relations,
+    table_key,
+    tables_with_data,
+)
 from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
+from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import InventoryError, inspect_database
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import JournalError
+from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import (
+    holders_of,
+    is_lock_timeout,
+    lock_wait_message,
+)
 
 DB_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
 POLL_INTERVAL = 0.02
@@ -53,6 +66,7 @@ UNENDABLE_SESSIONS = (
     " AND (r.rolsuper OR NOT (pg_catalog.pg_has_role(a.usesysid, 'MEMBER')"
     " OR pg_catalog.pg_has_role('pg_signal_backend', 'MEMBER'))) ORDER BY a.pid"
 )
+DATABASE_OID = "SELECT oid::bigint FROM pg_catalog.pg_database WHERE datname = %s"
 SIGNAL_PIDS = "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid"
 PREPARED_XACTS = (
     "SELECT database, count(*), min(gid), min(prepared)::text FROM pg_catalog.pg_prepared_xacts"
@@ -103,17 +117,70 @@ def describe_rows(tables, limit=3):
     return ", ".join(parts)
 
 
+class TableCounter:
+    """Exact counts of a database's tables, through sessions that give up on a lock
+    after `lock_wait_timeout` seconds and then name the sessions that held it.
+
+    `connector` opens the sessions (its lock_timeout set); db_rename and
+    app_switch count through it, before and inside the window alike.
+    """
+
+    def __init__(self, connector, lock_wait_timeout):
+        self.connector = connector
+        self.lock_wait_timeout = lock_wait_timeout
+
+    def _lock_wait(self, dbname, what):
+        return InventoryError(lock_wait_message(
+            "%s '%s'" % (what, dbname), self.lock_wait_timeout,
+            holders_of(self.connector, dbname)) + "; nothing was changed")
+
+    def tables(self, dbname):
+        """{table: {rows, ...}} of `dbname`, counted exactly in one snapshot (db_info's inventory)."""
+        conn = self.connector.open(dbname)
+        options = dict(
+            count="exact", exact_max_rows=0, expected=[], checksum=[], data_tables=[],
+            migrations=(DEFAULT_SCHEMA, MIGRATIONS_TABLE),
+        )
+        try:
+            return inspect_database(conn, options)["tables"]
+        except DB_ERRORS as exc:
+            if not is_lock_timeout(exc):
+                raise
+            raise self._lock_wait(dbname, "counting the rows of") from None
+
+    def last_word(self, dbname):
+        """{table: {rows, checksum}} of every counted table of `dbname`: exact count and content
+        checksum ("rows:sum", as db_info's checksum_tables) from one scan per table, one snapshot."""
+        conn = self.connector.open(dbname)
+        try:
+            conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+            with conn.cursor() as cur:
+                relations = list_relations(cur)
+                scanned = count_and_checksum(cur, relations)
+            conn.rollback()
+        except DB_ERRORS as exc:
+            if not is_lock_timeout(exc):
+                raise
+            raise self._lock_wait(dbname, "counting and checksumming the rows of") from None
+        finally:
+            conn.close()
+        return {table_key(*key): dict(rows=rows, checksum=checksum)
+                for key, (rows, checksum) in scanned.items()}
+
+
 class Renamer:
     """Plans and runs one rename through `cur` (autocommit, maintenance db).
 
-    `count_tables(dbname)` returns {table: {rows, ...}} counted exactly.
+    `count_tables(dbname)` returns {table: {rows, ...}} counted exactly;
+    `last_word(dbname)`, when given, {table: {rows, checksum}} (count_source).
     `clock` and `sleep` are injectable so the polling can be tested.
     """
 
     def __init__(self, cur, count_tables, check_mode=False, terminate_timeout=10.0,
                  clock=time.monotonic, sleep=time.sleep, count_source=False, journal=None,
-                 target_backup=None):
+                 target_backup=None, last_word=None):
         self.cur = cur
+        self.last_word = last_word
         # journal(step, **details) records each change just before it is
         # made: a crash between the two leaves an entry whose undo finds
         # nothing to do, never a change the rollback does not know about.
@@ -133,6 +200,11 @@ class Renamer:
     def _existing(self, names):
         self.cur.execute(FIND_DATABASES, (list(names),))
         return {row[0]: bool(row[1]) for row in self.cur.fetchall()}
+
+    def _oid(self, db):
+        self.cur.execute(DATABASE_OID, (db,))
+        row = self.cur.fetchone()
+        return int(row[0]) if row else None
 
     def _sessions(self, dbs):
         self.cur.execute(LIST_SESSIONS, (list(dbs),))
@@ -253,10 +325,15 @@ class Renamer:
             return result
 
         if self.count_source:
-            # Last counts before the rename; nobody can connect once blocked.
-            result["row_counts"] = {
-                table: int(info.get("rows") or 0) for table, info in self.count_tables(name).items()
-            }
+            # Last counts before the rename; nobody can connect once blocked. With last_word, the
+            # content checksum of every table comes from the same scan.
+            if self.last_word is not None:
+                scanned = self.last_word(name)
+                result["checksums"] = {table: info["checksum"] for table, info in scanned.items()}
+            else:
+                scanned = self.count_tables(name)
+            result["row_counts"] = {table: int(info.get("rows") or 0) for table, info in scanned.items()}
+        oid = self._oid(name)
         blocked = []
         started = self.clock()
         try:
@@ -281,6 +358,13 @@ class Renamer:
             blocked = [target]
             result["renamed"] = True
             self.actions.append("renamed '%s' to '%s'" % (name, target))
+            # The proof of a catalog-only change: the same database (OID), hence the same files and
+            # rows, now answers to the target name.
+            renamed_oid = self._oid(target)
+            result["oid"] = renamed_oid
+            if renamed_oid != oid:
+                raise RenameError("'%s' has OID %s after the rename, not %s: another database took the name"
+                                  % (target, renamed_oid, oid))
             self._allow(target, True)
             blocked = []
             self.actions.append("allowed connections to '%s'" % target)

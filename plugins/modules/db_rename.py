@@ -60,6 +60,7 @@ options:
       - Meant for the moment the app is already stopped, so the counts are
         the last word before the rename and can be compared with the counts
         after it.
+      - The same single scan of each table gives its content checksum (RV(checksums)).
     type: bool
     default: false
   lock_wait_timeout:
@@ -117,6 +118,22 @@ row_counts:
   returned: when count_rows is true and the rename ran
   type: dict
   sample: {"knowledge_base": 580, "users": 2}
+checksums:
+  description:
+    - With O(count_rows), the content checksum of every table of O(name) (C(rows:sum) of a hash of each
+      row's text, as M(qadhya.dbops.db_info)'s C(checksum_tables)), from the same scan as RV(row_counts).
+  returned: when count_rows is true and the rename ran
+  type: dict
+  sample: {"knowledge_base": "580:-1234567890"}
+  version_added: 0.2.0
+oid:
+  description:
+    - The OID of the database found under O(target) after the rename; the module fails when it is not the
+      OID O(name) had (another database took the name), the rename being catalog-only.
+  returned: when the rename ran
+  type: int
+  sample: 16390
+  version_added: 0.2.0
 renamed:
   description: Whether the rename happened in this run.
   returned: always
@@ -181,18 +198,10 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     require_psycopg2,
     resolve_host,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
-    MIGRATIONS_TABLE,
-    DEFAULT_SCHEMA,
     Connector,
     InventoryError,
-    inspect_database,
-)
-from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
-from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import (
-    holders_of,
-    is_lock_timeout,
-    lock_wait_message,
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     ModuleJournal,
@@ -202,6 +211,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._rename import (
     DB_ERRORS,
     RenameError,
     Renamer,
+    TableCounter,
 )
 
 
@@ -210,24 +220,6 @@ class DbRename:
         self.module = module
         self.params = module.params
         self.connector = None
-        self.count_connector = None
-
-    def count_tables(self, dbname):
-        """Exact row counts of every table of `dbname` (one snapshot); a lock wait
-        that timed out names the sessions that held the lock."""
-        conn = self.count_connector.open(dbname)
-        options = dict(
-            count="exact", exact_max_rows=0, expected=[], checksum=[], data_tables=[],
-            migrations=(DEFAULT_SCHEMA, MIGRATIONS_TABLE),
-        )
-        try:
-            return inspect_database(conn, options)["tables"]
-        except DB_ERRORS as exc:
-            if not is_lock_timeout(exc):
-                raise
-            raise InventoryError(lock_wait_message(
-                "counting the rows of '%s' before the rename" % dbname, self.params["lock_wait_timeout"],
-                holders_of(self.count_connector, dbname)) + "; nothing was changed") from None
 
     def run(self):
         started = time.monotonic()
@@ -238,19 +230,20 @@ class DbRename:
         if params["lock_wait_timeout"] <= 0:
             self.module.fail_json(msg="lock_wait_timeout must be more than 0 seconds")
         self.connector = Connector(params, resolve_host(self.module))
-        self.count_connector = Connector(params, self.connector.host,
-                                         lock_timeout=params["lock_wait_timeout"])
+        timeout = params["lock_wait_timeout"]
+        counter = TableCounter(Connector(params, self.connector.host, lock_timeout=timeout), timeout)
         conn = self.connector.open(params["maintenance_db"], autocommit=True)
         try:
             with conn.cursor() as cur:
                 renamer = Renamer(
                     cur,
-                    self.count_tables,
+                    counter.tables,
                     check_mode=self.module.check_mode,
                     terminate_timeout=params["terminate_timeout"],
                     count_source=params["count_rows"],
                     journal=ModuleJournal(self.module),
                     target_backup=params.get("target_backup"),
+                    last_word=counter.last_word,
                 )
                 result = renamer.run(
                     params["name"], params["target"], params["maintenance_db"],

@@ -35,6 +35,8 @@ class FakeServer:
 
     def __init__(self, dbs, sessions=None, fail_on=None, prepared=None, unendable=()):
         self.dbs = dict(dbs)
+        # OIDs: a rename keeps the database's, a drop loses it
+        self.oids = {name: 16384 + i for i, name in enumerate(self.dbs)}
         # pids of sessions our login may not end (a superuser's, another role's)
         self.unendable = set(unendable)
         # {database: [(gid, prepared at)]}: prepared transactions, which no signal ends
@@ -53,7 +55,9 @@ class FakeServer:
             if pattern in text:
                 del self.fail_on[pattern]
                 raise exc
-        if text == rn.FIND_DATABASES:
+        if text == rn.DATABASE_OID:
+            self._rows = [(self.oids[params[0]],)] if params[0] in self.oids else []
+        elif text == rn.FIND_DATABASES:
             self._rows = [(n, a) for n, a in self.dbs.items() if n in params[0]]
         elif text == rn.PREPARED_XACTS:
             self._rows = [(db, len(x), min(pair[0] for pair in x), min(pair[1] for pair in x))
@@ -86,16 +90,21 @@ class FakeServer:
             name = unquote(m.group(1))
             assert not any(s[0] == name for s in self.sessions.values()), "drop while in use"
             del self.dbs[name]
+            del self.oids[name]
         elif m := re.fullmatch("ALTER DATABASE %s RENAME TO %s" % (IDENT, IDENT), text):
             src, dst = unquote(m.group(1)), unquote(m.group(2))
             assert not any(s[0] == src for s in self.sessions.values()), "rename while in use"
             assert dst not in self.dbs
             self.dbs[dst] = self.dbs.pop(src)
+            self.oids[dst] = self.oids.pop(src)
         else:
             raise AssertionError("unexpected statement: " + text)
 
     def fetchall(self):
         return list(self._rows)
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
 
     def writes(self):
         return [s for s in self.statements if s.startswith(("ALTER", "DROP"))]
