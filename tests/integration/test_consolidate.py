@@ -89,6 +89,20 @@ def test_consolidates_then_is_idempotent(incident_lab, tmp_path):
     assert dump.exists() and oct(dump.stat().st_mode & 0o777) == "0o600"
     assert report["migrations_applied"] == ["20260213_kb_validation_gamification.sql"]
     assert 0 < report["downtime_s"] < 30
+    # The window is one task; its journal holds the steps in order, the proof and the timings.
+    assert proc.stdout.count("TASK [Switch | Stop the app, rename the database") == 1
+    entries = json.loads(sorted((tmp_path / "backups" / "journal").glob("*.json"))[-1].read_text())["entries"]
+    steps = [e["step"] for e in entries]
+    window = steps[steps.index("window"):len(steps) - steps[::-1].index("window")]
+    assert window == ["window", "app_stop", "db_block", "db_drop", "db_rename", "env_write", "app_start",
+                      "window"], steps
+    closing = [e for e in entries if e["step"] == "window"][-1]
+    assert closing["edge"] == "close"
+    assert {"stop", "rename", "env_write", "serving"} <= set(closing["timings"])
+    verify = [e for e in entries if e["step"] == "verify"][-1]
+    assert verify["checksums_before"] == verify["checksums_after"]
+    assert verify["checksums_before"]["knowledge_base"].startswith("580:")
+    assert isinstance(verify["oid"], int)
     password = re.search(r"^DB_PASSWORD=(.*)$", lab.env_file.read_text(), re.M).group(1)
     assert password not in proc.stdout
     assert password not in json.dumps(report)
