@@ -192,7 +192,10 @@ def profile_tasks(output):
 
 
 def downtime_tasks(tasks):
-    """The tasks from the last app stop to the start that ends the window."""
+    """The tasks from the last app stop to the start that ends the window (one task: app_switch's)."""
+    one_call = [(name, sec) for name, sec in tasks if re.search(r"Switch \| Stop the app, rename", name)]
+    if one_call:
+        return one_call[-1:]
     starts = [i for i, (name, _) in enumerate(tasks) if re.search(r"Start \| Start the app", name)]
     if not starts:
         return []
@@ -428,7 +431,24 @@ def run_playbook(lb, mode, workdir):
             "tasks": profile_tasks(proc.stdout)}
 
 
-RUNNERS = {"shell": run_shell, "peer": run_peer, "playbook": run_playbook}
+def run_baseline(lb, mode, workdir):
+    """consolidate.yml of another checkout (--baseline): an earlier version, measured in the same run."""
+    inventory = write_inventory(workdir / "inventory.json", {"bench": dbops_vars(lb.info, workdir)})
+    with HealthPoller(lb.info["health_url"]) as poller:
+        proc, total = run_ansible(BASELINE / "playbooks" / "consolidate.yml", inventory,
+                                  env={"ANSIBLE_CONFIG": str(BASELINE / "ansible.cfg")})
+        time.sleep(0.1)
+    if proc.returncode != 0:
+        return {"failed": failure_reason(proc.stdout), "total_s": total}
+    reports = sorted((workdir / "reports").glob("bench-*.json"))
+    report = json.loads(reports[-1].read_text()) if reports else {}
+    return {"total_s": total, **poller.summary(), "self_reported_downtime_s": report.get("downtime_s"),
+            "result": report.get("result"), "tasks": profile_tasks(proc.stdout)}
+
+
+RUNNERS = {"shell": run_shell, "peer": run_peer, "playbook": run_playbook, "baseline": run_baseline}
+# --baseline: the checkout whose consolidate.yml runs as the kind "baseline" (not rendered).
+BASELINE = None
 
 
 def past_deadline(args):
@@ -457,7 +477,8 @@ def section_consolidate(args, labmod, tmp):
             break
         for mode in args.modes:
             # Alternating: each kind goes first, second and third in turn.
-            order = KINDS[i % 3:] + KINDS[:i % 3]
+            kinds = KINDS + (("baseline",) if BASELINE else ())
+            order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]
             for kind in order:
                 lb.reset(mode)
                 workdir = Path(tempfile.mkdtemp(prefix=f"{mode}-{kind}-{i}-", dir=tmp))
@@ -1385,6 +1406,12 @@ def parse_args(argv=None):
     parser.add_argument("--append", action="store_true",
                         help="consolidate: add repetitions to the ones measured before, not replace them")
     parser.add_argument("--cases", type=int, help="scale: run only the first N backup cases of each kind")
+    parser.add_argument("--results", metavar="DIR",
+                        help="where the sections' JSON go (default .cache/bench; a quick run of a few cases "
+                             "elsewhere keeps the full run's results)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="consolidate: also run DIR/playbooks/consolidate.yml (another checkout, e.g. "
+                             "the previous release) as kind 'baseline', alternating with the others")
     parser.add_argument("--until", metavar="HH:MM",
                         help="UTC time after which no new repetition starts (a shared, busy machine)")
     args = parser.parse_args(argv)
@@ -1405,7 +1432,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    global RESULTS, BASELINE
     args = parse_args(argv)
+    if args.results:
+        RESULTS = Path(args.results).resolve()
+    if args.baseline:
+        BASELINE = Path(args.baseline).resolve()
     labmod = load_lab()
     RESULTS.mkdir(parents=True, exist_ok=True)
     facts_path = RESULTS / "machine.json"
