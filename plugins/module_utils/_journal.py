@@ -22,7 +22,9 @@ import datetime
 import errno
 import json
 import os
+import re
 import tempfile
+import time
 
 JOURNAL_VERSION = 1
 # Lock file beside the journals: exists while a run of ours is in progress.
@@ -137,3 +139,58 @@ def create_exclusive(path, document):
         handle.flush()
         os.fsync(handle.fileno())
     return True
+
+
+# The partial name db_backup writes a dump under until it is complete
+# (_backup_files.stream_to_partial): hidden, never judged as a backup.
+PARTIAL_RE = re.compile(r"^\..+\.partial-[0-9a-f]{12}$")
+# Without the right to see every process's open files, only partials this
+# old are taken as orphans.
+PARTIAL_UNSEEN_AGE_S = 86400
+
+
+def open_files(proc="/proc"):
+    """(set of paths some process has open, whether every process could be read)."""
+    paths, complete = set(), True
+    try:
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return paths, False
+    for pid in pids:
+        fd_dir = os.path.join(proc, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        except OSError:
+            complete = False
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                paths.add(os.readlink(os.path.join(fd_dir, fd)))
+    return paths, complete
+
+
+def orphan_partials(directory, now=None, proc="/proc"):
+    """The partial backup files in `directory` that no process is writing: left by a run that
+    was killed. A partial some process has open (a backup running now) is never one."""
+    try:
+        names = [n for n in os.listdir(directory) if PARTIAL_RE.match(n)]
+    except OSError:
+        return []
+    if not names:
+        return []
+    held, complete = open_files(proc)
+    now = time.time() if now is None else now
+    orphans = []
+    for name in sorted(names):
+        path = os.path.join(directory, name)
+        try:
+            age = now - os.stat(path).st_mtime
+        except OSError:
+            continue
+        if os.path.realpath(path) in held or path in held:
+            continue
+        if complete or age >= PARTIAL_UNSEEN_AGE_S:
+            orphans.append(path)
+    return orphans

@@ -19,7 +19,8 @@ description:
   - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal. A lock held
     by a live run makes the module fail at once, naming that run; a lock left by a run that died
     (O(holder_dead=true), judged by the caller from V(status)) is taken over, and the dead run's
-    journal is returned as RV(interrupted) so that it can be undone first.
+    journal is returned as RV(interrupted) so that it can be undone first; the partial backup files
+    the dead run left in O(sweep_dir) (those no process has open) are removed (RV(swept)).
   - V(status) reads the lock and the newest journal, changing nothing.
   - V(append) adds one entry (for example a checkpoint) to the journal of O(run_id).
   - V(close) sets the journal's final state and releases the lock if O(run_id) holds it.
@@ -59,6 +60,16 @@ options:
     description: With V(open), take over a lock whose holder the caller found dead.
     type: bool
     default: false
+  sweep_dir:
+    description:
+      - With V(open) taking over a dead run's lock, the directory where that run may have left a
+        partial backup file (C(.<name>.partial-<random>), the name M(qadhya.dbops.db_backup) writes
+        a dump under until it is complete). Those no process has open are removed; a backup running
+        now keeps its file. Without the right to read every process's open files, only partials a day
+        old are removed.
+      - Empty means the parent of O(dir), where the playbooks keep the backups.
+    type: path
+    version_added: 0.2.0
   entry:
     description: With V(append), the entry; it needs a C(step) key.
     type: dict
@@ -113,6 +124,12 @@ interrupted:
   description: With V(open) after a dead run, that run's journal (empty when there was none).
   returned: when action is open
   type: dict
+swept:
+  description: With V(open) after a dead run, the partial backup files it left, removed.
+  returned: when action is open
+  type: list
+  elements: str
+  version_added: 0.2.0
 """
 
 import contextlib
@@ -129,6 +146,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     JournalError,
     append,
     create_exclusive,
+    orphan_partials,
     read_journal,
     utc_now,
     write_json_atomic,
@@ -217,11 +235,17 @@ class RunJournal:
                 old = read_journal(self.path_of(previous))
                 if old.get("state") == "running":
                     interrupted = old
+        # A dead run's partial backup: never a backup, only a file in the way of the free space.
+        orphans = orphan_partials(params.get("sweep_dir") or os.path.dirname(os.path.abspath(self.dir))) \
+            if held else []
         # A journal is a run record, like a report: opening one is not a change to the system.
-        result = dict(changed=False, run_id=run_id, path=path, journal=document, lock=held,
-                      interrupted=interrupted)
+        result = dict(changed=bool(orphans) and not self.module.check_mode, run_id=run_id, path=path,
+                      journal=document, lock=held, interrupted=interrupted, swept=orphans)
         if self.module.check_mode:
             return result
+        for orphan in orphans:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(orphan)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         lock = dict(run_id=run_id, controller=controller, started_at=document["started_at"], journal=path)
         if held:
@@ -278,6 +302,7 @@ def main():
             meta=dict(type="dict", default={}),
             controller=dict(type="dict", default={}),
             holder_dead=dict(type="bool", default=False),
+            sweep_dir=dict(type="path"),
             entry=dict(type="dict"),
             state=dict(type="str", choices=STATES),
             states=dict(type="list", elements="str", choices=STATES),

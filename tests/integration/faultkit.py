@@ -1,6 +1,7 @@
 """Real faults for the integration tests: a Docker Engine that refuses one call,
-a watcher that strikes when the run's journal reaches a step, and snapshots of
-every table's rows to prove that nothing was lost.
+watchers that strike when the run's journal reaches a step or a file being
+written reaches a size, and snapshots of every table's rows to prove that
+nothing was lost.
 
 Nothing here replaces a component by a fake: the proxy forwards every other
 call to the real engine, and the faults are done to the real lab.
@@ -146,6 +147,49 @@ class JournalWatcher:
     def _watch(self):
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             if sum(1 for e in self._entries() if e.get("step") == self.step) >= self.occurrence:
+                try:
+                    self.action()
+                except Exception as exc:  # reported by the test
+                    self.error = exc
+                self.fired.set()
+                return
+            time.sleep(0.005)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class PathWatcher:
+    """Run `action()` once a file matching `pattern` (a glob) in `directory` holds at
+    least `min_bytes`: a strike while a dump is being written, for example."""
+
+    def __init__(self, directory, pattern, action, min_bytes=1, timeout=600):
+        self.dir = Path(directory)
+        self.pattern = pattern
+        self.action = action
+        self.min_bytes = min_bytes
+        self.deadline = time.monotonic() + timeout
+        self.fired = threading.Event()
+        self.error = None
+        self.seen = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _big_enough(self):
+        found = []
+        for path in self.dir.glob(self.pattern) if self.dir.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if path.stat().st_size >= self.min_bytes:
+                    found.append(path)
+        return found
+
+    def _watch(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            found = self._big_enough()
+            if found:
+                self.seen = found
                 try:
                     self.action()
                 except Exception as exc:  # reported by the test

@@ -52,7 +52,8 @@ def test_two_databases_holding_data_are_refused_then_the_named_one_is_consolidat
     message = report["message"]
     assert proc.returncode != 0 and report["result"] == "failed", message
     assert "\n" not in message and message in proc.stdout, message
-    assert message.startswith("pre-check: several databases hold data: moncabinet (588 rows: knowledge_base 580"), message
+    assert message.startswith("pre-check: several databases hold data: moncabinet (588 rows: "
+                              "knowledge_base 580"), message
     assert "; moncabinet_copy (583 rows: knowledge_base 575" in message, message
     assert message.endswith("refusing to guess — set dbops_source_db to the one the app must use"), message
     assert report.get("downtime_s") is None and not report["changes"]

@@ -19,7 +19,7 @@ class FakeModule:
         self.check_mode = check_mode
         self.params = dict(dir=None, action=None, run_id=None, host="h", playbook="consolidate", meta={},
                            controller={"host": "ctl", "pid": "1"}, holder_dead=False, entry=None,
-                           state=None, journal=None)
+                           state=None, journal=None, sweep_dir=None)
         self.params.update(params)
 
 
@@ -85,3 +85,29 @@ def test_check_mode_open_writes_nothing_but_still_sees_a_held_lock(tmp_path):
 def test_run_ids_cannot_leave_the_directory(tmp_path, bad):
     with pytest.raises(jn.JournalError, match="not a journal name"):
         manager(tmp_path).path_of(bad)
+
+
+def test_a_dead_runs_partial_backup_is_swept_and_a_live_one_kept(tmp_path):
+    manager(tmp_path).open()
+    dead = tmp_path / ".moncabinet-20261201T000000Z.dump.partial-0123456789ab"
+    dead.write_bytes(b"PGDMP half")
+    live = tmp_path / ".moncabinet-20261201T000001Z.dump.partial-ba9876543210"
+    other = tmp_path / ".notes.partial"  # not a name of ours
+    other.write_text("x")
+    with open(live, "wb"):  # a backup running now
+        second = manager(tmp_path, holder_dead=True).open()
+        assert second["swept"] == [str(dead)] and second["changed"]
+        assert not dead.exists() and live.exists() and other.exists()
+    # Check mode names them and removes nothing.
+    live.unlink()
+    dead.write_bytes(b"PGDMP half")
+    assert manager(tmp_path, holder_dead=True, check_mode=True).open()["swept"] == [str(dead)]
+    assert dead.exists()
+
+
+def test_without_seeing_every_process_only_old_partials_are_orphans(tmp_path, monkeypatch):
+    partial = tmp_path / ".x.dump.partial-0123456789ab"
+    partial.write_bytes(b"PGDMP")
+    monkeypatch.setattr(jn, "open_files", lambda proc="/proc": (set(), False))
+    assert jn.orphan_partials(str(tmp_path)) == []
+    assert jn.orphan_partials(str(tmp_path), now=os.stat(partial).st_mtime + 86400) == [str(partial)]

@@ -1,0 +1,120 @@
+"""Crashes outside the switch window, on a real lab instance of this module's own.
+
+`ansible-playbook` (its whole process group) is SIGKILLed while pg_dump
+writes the backup taken before the switch (a generated table makes the dump
+last a few seconds), and as the verification after the switch starts. The
+next run takes over the dead run's lock and undoes its journal first; the
+partial dump the killed run left is removed, never judged as a backup;
+rollback.yml puts everything back, a rerun of consolidate.yml converges.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from faultkit import JournalWatcher, PathWatcher, blocked_databases, snapshot
+from labkit import REPO, docker, host_vars, instance_name, run_playbook, wait_for, write_inventory
+
+pytestmark = pytest.mark.integration
+
+INSTANCE = instance_name("fcrash")
+SOURCE, TARGET = "moncabinet", "qadhya"
+CONSOLIDATE = REPO / "playbooks" / "consolidate.yml"
+ROLLBACK = REPO / "playbooks" / "rollback.yml"
+PARTIAL = ".%s-*.partial-*" % SOURCE
+
+
+@pytest.fixture
+def case(module_lab, tmp_path):
+    """The incident state, the app repointed at its data first, an inventory."""
+    lab = module_lab
+    lab.reset("--mode", "mounted")
+    (tmp_path / "migrations").mkdir()
+    hosts = {"lab1": host_vars(lab.info, tmp_path, dbops_health_timeout=15,
+                               dbops_migrations_dir=str(tmp_path / "migrations"))}
+    lab.set_env("DB_NAME", SOURCE)
+    docker("restart", "-t", "2", lab.app)
+    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
+    return dict(inst=lab, work=tmp_path, backups=tmp_path / "backups",
+                inventory=write_inventory(tmp_path / "inventory.json", hosts))
+
+
+def crash(case, make_watcher):
+    """consolidate.yml, SIGKILLed (whole process group) when the watcher strikes."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), str(CONSOLIDATE), "-i",
+                             str(case["inventory"])], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    watcher = make_watcher(lambda: os.killpg(proc.pid, signal.SIGKILL))
+    try:
+        assert proc.wait(timeout=600) == -signal.SIGKILL, "the run ended before the strike"
+    finally:
+        watcher.close()
+    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    assert (case["backups"] / "journal" / "run.lock").exists()
+    time.sleep(1)  # reports are named by the second they start in
+    return watcher
+
+
+def run(case, playbook):
+    before = set((case["work"] / "reports").glob("lab1-*.json"))
+    proc = run_playbook(playbook, case["inventory"])
+    reports = sorted(set((case["work"] / "reports").glob("lab1-*.json")) - before)
+    assert reports, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc, json.loads(reports[-1].read_text())
+
+
+def databases(inst):
+    rows = inst.psql("postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate")
+    return sorted(row[0] for row in rows)
+
+
+def assert_no_stray_state(case):
+    inst = case["inst"]
+    backups = case["backups"]
+    assert not list(backups.glob(".*")), list(backups.glob(".*"))  # no partial, no temporary file
+    dumps = sorted(p.name for p in backups.glob("*.dump"))
+    assert dumps == sorted(p.name[:-len(".manifest.json")] for p in backups.glob("*.manifest.json")), dumps
+    assert blocked_databases(inst) == []
+    assert docker("inspect", inst.app + ".dbops-previous", check=False).returncode != 0
+    assert not (backups / "journal" / "run.lock").exists()
+
+
+def test_a_crash_during_the_dump_then_rollback_yml_puts_it_back(case):
+    inst = case["inst"]
+    # About 30 MB of rows no compression folds away: the dump takes a few seconds.
+    inst.psql(SOURCE, "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) || "
+                      "md5((g + 2)::text) || md5((g + 3)::text) || md5((g + 4)::text) AS pad "
+                      "FROM generate_series(1, 200000) g")
+    env_before, rows_before, names = inst.env_file.read_bytes(), snapshot(inst, SOURCE), databases(inst)
+    watcher = crash(case, lambda kill: PathWatcher(case["backups"], PARTIAL, kill, min_bytes=1 << 20))
+    assert watcher.seen and all(path.exists() for path in watcher.seen), "no partial dump left to find"
+
+    proc, report = run(case, ROLLBACK)
+    assert proc.returncode == 0 and report["result"] == "rolled_back", report["message"]
+    assert "was interrupted; nothing to undo" in report["message"], report["message"]
+    assert not any(path.exists() for path in watcher.seen)
+    assert inst.health()[0] == 200 and inst.health()[1]["database"] == SOURCE
+    assert inst.env_file.read_bytes() == env_before and databases(inst) == names
+    assert snapshot(inst, SOURCE) == rows_before
+    assert_no_stray_state(case)
+
+
+def test_a_crash_as_the_verification_starts_then_a_rerun_converges(case):
+    inst = case["inst"]
+    rows_before = snapshot(inst, SOURCE)
+    # The second window entry closes the window; the verification follows it.
+    crash(case, lambda kill: JournalWatcher(case["backups"] / "journal", "window", kill, occurrence=2))
+    proc, report = run(case, CONSOLIDATE)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    status, body = inst.health()
+    assert status == 200 and body["database"] == TARGET, (status, body)
+    assert snapshot(inst, TARGET) == rows_before
+    assert databases(inst) == ["postgres", TARGET]
+    assert_no_stray_state(case)
