@@ -250,6 +250,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     journal_argument_spec,
 )
 
+
 def argument_spec():
     return dict(
         name=dict(type="str", required=True),

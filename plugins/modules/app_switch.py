@@ -348,8 +348,8 @@ class Switch:
         params = dict(self.params, name=self.params["app_container"], state=state,
                       env=self.params["env"] if state == "started" else {})
         return ct.AppContainer(params, self.api, ct.HealthProbe(self.params["validate_certs"]),
-                            check_mode=check_mode, journal=self.journal,
-                            docker_cli=ct.DockerCLI(self.module, self.params.get("docker_host")))
+                               check_mode=check_mode, journal=self.journal,
+                               docker_cli=ct.DockerCLI(self.module, self.params.get("docker_host")))
 
     def _renamer(self, cur, check_mode):
         return Renamer(cur, self.counter.tables, check_mode=check_mode,
