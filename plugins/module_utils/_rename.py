@@ -128,6 +128,22 @@ class TableCounter:
     def __init__(self, connector, lock_wait_timeout):
         self.connector = connector
         self.lock_wait_timeout = lock_wait_timeout
+        # Sessions opened ahead (preopen), each used once by the next count of its database.
+        self.ready = {}
+
+    def preopen(self, dbname):
+        """Open the session of the next count of `dbname` now (before a downtime window): the count
+        then only runs its statements. Its snapshot is taken at its first statement, not here."""
+        if dbname not in self.ready:
+            self.ready[dbname] = self.connector.open(dbname)
+
+    def _open(self, dbname):
+        return self.ready.pop(dbname, None) or self.connector.open(dbname)
+
+    def close(self):
+        for conn in self.ready.values():
+            conn.close()
+        self.ready = {}
 
     def _lock_wait(self, dbname, what):
         return InventoryError(lock_wait_message(
@@ -136,7 +152,7 @@ class TableCounter:
 
     def tables(self, dbname):
         """{table: {rows, ...}} of `dbname`, counted exactly in one snapshot (db_info's inventory)."""
-        conn = self.connector.open(dbname)
+        conn = self._open(dbname)
         options = dict(
             count="exact", exact_max_rows=0, expected=[], checksum=[], data_tables=[],
             migrations=(DEFAULT_SCHEMA, MIGRATIONS_TABLE),
@@ -151,7 +167,7 @@ class TableCounter:
     def last_word(self, dbname):
         """{table: {rows, checksum}} of every counted table of `dbname`: exact count and content
         checksum ("rows:sum", as db_info's checksum_tables) from one scan per table, one snapshot."""
-        conn = self.connector.open(dbname)
+        conn = self._open(dbname)
         try:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
             with conn.cursor() as cur:

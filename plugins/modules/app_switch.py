@@ -378,6 +378,7 @@ class Switch:
             with conn.cursor() as cur:
                 return self._run(cur, started)
         finally:
+            self.counter.close()
             conn.close()
 
     def _run(self, cur, started):
@@ -415,6 +416,11 @@ class Switch:
         self.result["changed"] = True
         if self.check_mode:
             return self.result
+        # The sessions the window counts through are opened now: the last word on the source, and
+        # the proof that the target to drop is still empty.
+        self._step("Rename the database", lambda: self.counter.preopen(params["name"]))
+        if rehearsal.get("would_drop"):
+            self._step("Rename the database", lambda: self.counter.preopen(params["target"]))
         self.timings["prepare"] = round(self.clock() - started, 3)
 
         # -- the window: the switch and nothing else ---------------------------------------------
