@@ -1082,14 +1082,14 @@ def render_sigterm(table, lines):
 
 HEALTH_TEXT = [
     "### What the app's healthcheck settings cost", "",
-    "`qadhya.dbops.app_container` waits, after a start, for HTTP 200 on the health URL *and*,",
-    "when the image has a `HEALTHCHECK`, for Docker to report `healthy` (`wait_healthy`, default",
-    "true). Docker runs the first check one `--interval` after the start (the lab image: 1 s;",
-    "Docker's default: 30 s); `--start-interval` would shorten that, but needs Docker 25 and this",
-    "machine runs 20.10. So with the default interval every start in the window costs up to",
-    "30 s. A user can set `--health-interval` low (1–2 s), or pass",
-    "`restart_container_wait_healthy: false` so the HTTP 200 alone ends the wait (the shell and",
-    "the peer playbook only ever wait for that).", ""]
+    "The window (`qadhya.dbops.app_switch`) closes on our own probe: the container running and the",
+    "health URL answering 200, polled every 50 ms from the start, as the shell and the peer playbook",
+    "poll it. Docker runs a container's first health check one `--interval` after its start (the",
+    "lab image: 1 s; Docker's default: 30 s; `--start-interval` shortens that, but needs Docker 25",
+    "and this machine runs 20.10); when the image has a `HEALTHCHECK`, the module waits for",
+    "Docker's `healthy` only after the window has closed, so a long interval makes the run longer,",
+    "not the downtime. Without a health URL Docker's `healthy` is the only sign, and the window",
+    "waits for it: set `dbops_health_url`, or a low `--health-interval` (1–2 s).", ""]
 
 
 def median_run(runs):
