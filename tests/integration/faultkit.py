@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from labkit import docker, host_vars, wait_for, write_inventory
+
 ENGINE_SOCKET = "/var/run/docker.sock"
 
 
@@ -117,7 +119,38 @@ def _pipe(src, dst):
         dst.shutdown(socket.SHUT_WR)
 
 
-class JournalWatcher:
+class _Watcher:
+    """Run `action()` once, in a thread, as soon as `_ready()` (polled every 5 ms) is true."""
+
+    def __init__(self, action, timeout):
+        self.action = action
+        self.deadline = time.monotonic() + timeout
+        self.fired = threading.Event()
+        self.error = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _ready(self):
+        raise NotImplementedError
+
+    def _watch(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            if self._ready():
+                try:
+                    self.action()
+                except Exception as exc:  # reported by the test
+                    self.error = exc
+                self.fired.set()
+                return
+            time.sleep(0.005)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class JournalWatcher(_Watcher):
     """Run `action()` once the newest journal in `journal_dir` holds an entry
     whose step is `step` (the `occurrence`-th such entry). The modules write
     an entry just before making the change it names, so the action lands
@@ -126,14 +159,8 @@ class JournalWatcher:
     def __init__(self, journal_dir, step, action, occurrence=1, timeout=600):
         self.dir = Path(journal_dir)
         self.step = step
-        self.action = action
         self.occurrence = occurrence
-        self.deadline = time.monotonic() + timeout
-        self.fired = threading.Event()
-        self.error = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        super().__init__(action, timeout)
 
     def _entries(self):
         journals = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
@@ -144,63 +171,42 @@ class JournalWatcher:
         except ValueError:
             return []  # caught between two writes: the rename is atomic, but be safe
 
-    def _watch(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            if sum(1 for e in self._entries() if e.get("step") == self.step) >= self.occurrence:
-                try:
-                    self.action()
-                except Exception as exc:  # reported by the test
-                    self.error = exc
-                self.fired.set()
-                return
-            time.sleep(0.005)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=5)
+    def _ready(self):
+        return sum(1 for e in self._entries() if e.get("step") == self.step) >= self.occurrence
 
 
-class PathWatcher:
+class PathWatcher(_Watcher):
     """Run `action()` once a file matching `pattern` (a glob) in `directory` holds at
-    least `min_bytes`: a strike while a dump is being written, for example."""
+    least `min_bytes`: a strike while a dump is being written, for example. The
+    files seen are kept in `seen`."""
 
     def __init__(self, directory, pattern, action, min_bytes=1, timeout=600):
         self.dir = Path(directory)
         self.pattern = pattern
-        self.action = action
         self.min_bytes = min_bytes
-        self.deadline = time.monotonic() + timeout
-        self.fired = threading.Event()
-        self.error = None
         self.seen = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        super().__init__(action, timeout)
 
-    def _big_enough(self):
-        found = []
+    def _ready(self):
         for path in self.dir.glob(self.pattern) if self.dir.is_dir() else []:
             with contextlib.suppress(OSError):
                 if path.stat().st_size >= self.min_bytes:
-                    found.append(path)
-        return found
+                    self.seen.append(path)
+        return bool(self.seen)
 
-    def _watch(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            found = self._big_enough()
-            if found:
-                self.seen = found
-                try:
-                    self.action()
-                except Exception as exc:  # reported by the test
-                    self.error = exc
-                self.fired.set()
-                return
-            time.sleep(0.005)
 
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=5)
+def repointed_case(lab, work, source, **host_extra):
+    """The lab instance reset to the incident state (mounted), the app then
+    repointed at its data `source` and healthy, so that the switch is the
+    only change of a run, and an inventory in `work` (no migrations)."""
+    lab.reset("--mode", "mounted")
+    (work / "migrations").mkdir()
+    hosts = {"lab1": host_vars(lab.info, work, dbops_migrations_dir=str(work / "migrations"), **host_extra)}
+    lab.set_env("DB_NAME", source)
+    docker("restart", "-t", "2", lab.app)
+    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
+    return dict(inst=lab, work=work, backups=work / "backups",
+                inventory=write_inventory(work / "inventory.json", hosts))
 
 
 TABLES_SQL = (

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import JournalWatcher, PathWatcher, blocked_databases, snapshot
-from labkit import REPO, docker, host_vars, instance_name, run_playbook, wait_for, write_inventory
+from faultkit import JournalWatcher, PathWatcher, blocked_databases, repointed_case, snapshot
+from labkit import REPO, docker, instance_name, run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +32,7 @@ PARTIAL = ".%s-*.partial-*" % SOURCE
 @pytest.fixture
 def case(module_lab, tmp_path):
     """The incident state, the app repointed at its data first, an inventory."""
-    lab = module_lab
-    lab.reset("--mode", "mounted")
-    (tmp_path / "migrations").mkdir()
-    hosts = {"lab1": host_vars(lab.info, tmp_path, dbops_health_timeout=15,
-                               dbops_migrations_dir=str(tmp_path / "migrations"))}
-    lab.set_env("DB_NAME", SOURCE)
-    docker("restart", "-t", "2", lab.app)
-    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
-    return dict(inst=lab, work=tmp_path, backups=tmp_path / "backups",
-                inventory=write_inventory(tmp_path / "inventory.json", hosts))
+    return repointed_case(module_lab, tmp_path, SOURCE, dbops_health_timeout=15)
 
 
 def crash(case, make_watcher):

@@ -14,8 +14,8 @@ import json
 import subprocess
 
 import pytest
-from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, snapshot
-from labkit import REPO, docker, host_vars, instance_name, run_playbook, wait_for, write_inventory
+from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, repointed_case, snapshot
+from labkit import REPO, docker, instance_name, run_playbook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +30,9 @@ START = r"/containers/[^/]+/start"
 def case(module_lab, tmp_path):
     """The instance in the incident state with the app already repointed at its
     data (the switch is then the only change of the run), and an inventory."""
-    lab = module_lab
-    lab.reset("--mode", "mounted")
-    (tmp_path / "migrations").mkdir()
-    hosts = {"lab1": host_vars(lab.info, tmp_path, dbops_health_timeout=10,
-                               dbops_migrations_dir=str(tmp_path / "migrations"))}
-    lab.set_env("DB_NAME", SOURCE)
-    docker("restart", "-t", "2", lab.app)
-    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
-    return dict(inst=lab, work=tmp_path, inventory=write_inventory(tmp_path / "inventory.json", hosts),
-                env_before=lab.env_file.read_bytes(), rows_before=snapshot(lab, SOURCE),
-                target_before=snapshot(lab, TARGET))
+    case = repointed_case(module_lab, tmp_path, SOURCE, dbops_health_timeout=10)
+    return dict(case, env_before=module_lab.env_file.read_bytes(), rows_before=snapshot(module_lab, SOURCE),
+                target_before=snapshot(module_lab, TARGET))
 
 
 def run(case, playbook, env=None):
