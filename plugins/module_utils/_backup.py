@@ -31,7 +31,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import 
     backup_name,
     build_manifest,
     commit_partial,
-    compare_counts,
+    compare_contents,
     default_prefix,
     delete_backup,
     describe_diffs,
@@ -41,6 +41,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import 
     iso,
     load_manifest,
     manifest_bytes,
+    manifest_checksums,
     manifest_path,
     manifest_problem,
     missing_table_data,
@@ -57,10 +58,10 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import 
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._backup_process import PgTools
 from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import (
+    count_and_checksum,
     count_rows,
     list_relations,
     partitioned_tables,
-    row_counts,
     table_key,
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
@@ -82,6 +83,41 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._lock_wait import (
 # Without psycopg2 the module still verifies checksums and structure.
 PG_ERRORS = (psycopg2.Error,) if psycopg2 is not None else ()
 PG_PROGRAMMING_ERRORS = (psycopg2.ProgrammingError,) if psycopg2 is not None else ()
+# What makes a verification unable to run (rather than find the backup bad).
+VERIFY_RUN_ERRORS = PG_ERRORS + (DockerError,)
+
+
+# The settings that change how a row prints as text, pinned in every session
+# that computes content checksums, so that the dump's server and the one a
+# copy is restored on (a drill's scratch container with its own defaults)
+# print the same row the same way.
+CHECKSUM_SETTINGS = (
+    ("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"), ("bytea_output", "hex"), ("lc_monetary", "C"),
+)
+# Recorded in the manifest beside the checksums: a restore compares them only
+# when it computes them the same way.
+CHECKSUM_METHOD = "rows:sum(hashtext(row::text)) with " + ", ".join("%s=%s" % kv for kv in CHECKSUM_SETTINGS)
+
+
+def pin_checksum_settings(cur):
+    """Pin CHECKSUM_SETTINGS for the current transaction."""
+    for name, value in CHECKSUM_SETTINGS:
+        cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+
+
+def table_contents(cur, checksums=True):
+    """({key: rows}, {key: "rows:sum"} or None, [partitioned keys]) of every counted table,
+    each table read once, in the cursor's current transaction."""
+    relations = list_relations(cur)
+    partitioned = [table_key(*key) for key in partitioned_tables(relations)]
+    if not checksums:
+        return ({table_key(*key): rows for key, rows in count_rows(cur, relations).items()}, None,
+                partitioned)
+    pin_checksum_settings(cur)
+    both = count_and_checksum(cur, relations)
+    return ({table_key(*key): rows for key, (rows, _sum) in both.items()},
+            {table_key(*key): text for key, (_rows, text) in both.items()}, partitioned)
 
 
 def scratch_name(database):
@@ -109,6 +145,49 @@ def drop_database(cur, name):
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident(name)))
 
 
+class Progress:
+    """The status file of a running backup (option progress_file): one JSON object, rewritten
+    atomically at most once a second while the dump streams and at each later step, removed
+    when the module ends. The backup role reads it to show a long backup alive."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, path, database):
+        self.path = os.path.abspath(path) if path else None
+        self.database = database
+        self.t0 = time.monotonic()
+        self.last = None
+        self.state = dict(database=database, pid=os.getpid(), step="starting", bytes=0, elapsed_s=0.0,
+                          mb_s=None, started_at=iso(utc_now()))
+
+    def update(self, step=None, nbytes=None, force=False):
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if step is not None:
+            self.state["step"] = step
+        if nbytes is not None:
+            self.state["bytes"] = int(nbytes)
+        if not force and step is None and self.last is not None and now - self.last < self.EVERY_S:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        self.state.update(elapsed_s=round(elapsed, 1),
+                          mb_s=round(self.state["bytes"] / MB / elapsed, 1) if elapsed > 0 else None)
+        try:
+            write_atomic(os.path.dirname(self.path), os.path.basename(self.path),
+                         manifest_bytes(self.state))
+        except OSError:
+            self.path = None  # the status is a courtesy: it never fails the backup
+
+    def dumped(self, nbytes):
+        self.update(nbytes=nbytes)
+
+    def remove(self):
+        if self.path is not None:
+            remove_quietly(self.path)
+
+
 # --------------------------------------------------------------------------
 # the work
 
@@ -124,6 +203,7 @@ class BackupRunner:
         self._host = None
         self.tools = PgTools(module, self.p["db_container"], self.p["login_user"], self.p["login_password"])
         self.tools.lock_wait = self.p.get("lock_wait_timeout")
+        self.progress = Progress(None, None)
 
     # -- plumbing ---------------------------------------------------------
     def host(self):
@@ -171,9 +251,11 @@ class BackupRunner:
             raise BackupError("db_container is required for action=create (pg_dump runs inside it); "
                               "set db_container")
         conn = self.connect(database)
+        self.progress = Progress(None if self.check_mode else p.get("progress_file"), database)
         try:
             return self._create(conn, database, fmt, level, prefix, dest)
         finally:
+            self.progress.remove()
             with contextlib.suppress(PG_ERRORS):
                 conn.close()
 
@@ -213,6 +295,7 @@ class BackupRunner:
             return res
 
         res["dir_created"] = ensure_dir(dest)
+        self.progress.update(step="dumping", force=True)
         if os.stat(dest).st_mode & 0o077:
             self.module.warn("%s is readable by group/others; consider chmod 0700" % dest)
         pg_dump_version = self.tools.pg_dump_version()
@@ -231,15 +314,16 @@ class BackupRunner:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
-        counts, partitioned, count_errors = {}, [], []
+        counts, sums, partitioned, count_errors = {}, {}, [], []
+        with_sums = p["content_checksums"]
 
         def count_in_snapshot():
             try:
                 with conn.cursor() as ccur:
-                    relations = list_relations(ccur)
-                    counted = count_rows(ccur, relations)
-                    counts.update((table_key(*key), rows) for key, rows in counted.items())
-                    partitioned.extend(table_key(*key) for key in partitioned_tables(relations))
+                    got_counts, got_sums, got_partitioned = table_contents(ccur, with_sums)
+                    counts.update(got_counts)
+                    sums.update(got_sums or {})
+                    partitioned.extend(got_partitioned)
             except PG_ERRORS as exc:
                 count_errors.append(exc)
 
@@ -249,7 +333,7 @@ class BackupRunner:
         try:
             try:
                 partial, nbytes, sha, cmd, warnings = self.tools.dump(
-                    database, fmt, level, snapshot, dest, name, zstd_where)
+                    database, fmt, level, snapshot, dest, name, zstd_where, progress=self.progress.dumped)
             except BackupError as exc:
                 dump_error = exc  # the partial file is already gone
         finally:
@@ -281,6 +365,7 @@ class BackupRunner:
             started_at=started, finished_at=finished, host=socket.gethostname(),
             container=p["db_container"], encoding=encoding, prefix=prefix,
             for_database=self.for_database(database), purpose=p["purpose"], partitioned_tables=partitioned,
+            checksums=sums if with_sums else None, checksum_method=CHECKSUM_METHOD if with_sums else None,
         )
         try:
             write_atomic(dest, name + MANIFEST_SUFFIX, manifest_bytes(manifest))
@@ -295,7 +380,7 @@ class BackupRunner:
                 ) from None
             raise
         res.update(
-            bytes=nbytes, sha256=sha, row_counts=counts, cmd=cmd,
+            bytes=nbytes, sha256=sha, row_counts=counts, checksums=sums if with_sums else {}, cmd=cmd,
             duration_s=round(dump_s, 3),
             throughput_mb_s=round(nbytes / MB / dump_s, 2) if dump_s > 0 else None,
             compression=manifest["compression"], pg_dump_version=pg_dump_version,
@@ -303,6 +388,7 @@ class BackupRunner:
         if warnings:
             res["warnings_from_tools"] = warnings
 
+        self.progress.update(step="verifying (%s)" % p["verify"], nbytes=nbytes)
         verified = self._verify_file(path, manifest, p["verify"])
         manifest["verified"] = dict(level=verified["level"], ok=verified["ok"], at=iso(utc_now()),
                                     duration_s=verified["duration_s"])
@@ -314,6 +400,7 @@ class BackupRunner:
                 "unverified in its manifest" % (path, verified["level"], verified["details"].get("error")),
             )
         if p["copy_to"]:
+            self.progress.update(step="copying to %s" % p["copy_to"])
             res["copies"] = self._copy(path, p["copy_to"], sha)
         if p["prune"]:
             self._prune_dirs(database, prefix, protect=(name,), planned=False)
@@ -373,7 +460,7 @@ class BackupRunner:
         except OSError as exc:
             ok = False
             details["error"] = "cannot read %s: %s; check path and permissions" % (path, exc.strerror)
-        except PG_ERRORS + (DockerError,) as exc:
+        except VERIFY_RUN_ERRORS as exc:
             ok = False
             details["error"] = "verification of %s could not run: %s" % (path, first_line(exc))
         details["checked"] = done
@@ -398,16 +485,27 @@ class BackupRunner:
             )
         return dict(sql_bytes=tail.total, completion_marker=True)
 
-    def _counts_of(self, dbname):
+    def _contents_of(self, dbname, checksums):
+        """({table: rows}, {table: checksum} or None) of `dbname`, in one snapshot."""
         conn = self.connect(dbname)
         try:
+            conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
             with conn.cursor() as cur:
-                return row_counts(cur)
+                counts, sums, _partitioned = table_contents(cur, checksums)
+            conn.rollback()
+            return counts, sums
         finally:
             conn.close()
 
+    def _compare(self, manifest, dbname):
+        """(diffs, counts, checksums or None, what was compared) of `dbname` against `manifest`."""
+        expected_sums = manifest_checksums(manifest, CHECKSUM_METHOD)
+        counts, sums = self._contents_of(dbname, expected_sums is not None)
+        diffs = compare_contents(manifest.get("row_counts") or {}, counts, expected_sums, sums)
+        return diffs, counts, sums, "counts and checksums" if expected_sums is not None else "counts"
+
     def _restore_check(self, path, manifest):
-        """Restore into a scratch database, compare row counts, always drop it."""
+        """Restore into a scratch database, compare every table with the manifest, always drop it."""
         scratch = scratch_name(manifest.get("database") or "db")
         admin = self.connect(self.p["maintenance_db"])
         t0 = time.monotonic()
@@ -416,7 +514,7 @@ class BackupRunner:
                 create_database(cur, scratch, manifest.get("encoding"))
             try:
                 self.tools.restore(path, manifest["format"], scratch)
-                actual = self._counts_of(scratch)
+                diffs, actual, _sums, compared = self._compare(manifest, scratch)
             finally:
                 try:
                     with admin.cursor() as cur:
@@ -426,14 +524,13 @@ class BackupRunner:
                                       % (scratch, first_line(exc))) from None
         finally:
             admin.close()
-        diffs = compare_counts(manifest.get("row_counts") or {}, actual)
         if diffs:
             raise BackupError(
-                "restore check of %s: row counts differ from the manifest: %s; do not rely on this backup"
-                % (path, describe_diffs(diffs))
+                "restore check of %s: %s differ from the manifest: %s; do not rely on this backup"
+                % (path, "tables" if compared != "counts" else "row counts", describe_diffs(diffs))
             )
         return dict(scratch_database=scratch, scratch_dropped=True, tables_compared=len(actual),
-                    restore_s=round(time.monotonic() - t0, 3))
+                    compared=compared, restore_s=round(time.monotonic() - t0, 3))
 
     def _load(self, path):
         path = os.path.abspath(path)
@@ -456,7 +553,8 @@ class BackupRunner:
         res.update(path=path, manifest_path=manifest_path(path), format=manifest["format"],
                    database=manifest.get("database"), for_database=served_database(manifest),
                    purpose=manifest.get("purpose") or "unknown", bytes=manifest["bytes"],
-                   sha256=manifest["sha256"], row_counts=manifest.get("row_counts"))
+                   sha256=manifest["sha256"], row_counts=manifest.get("row_counts"),
+                   checksums=manifest.get("checksums") or {})
         verified = self._verify_file(path, manifest, self.p["verify"])
         res["verified"] = verified
         res["duration_s"] = verified["duration_s"]
@@ -475,7 +573,8 @@ class BackupRunner:
         path, manifest = self._load(p["path"])
         expected = manifest.get("row_counts") or {}
         res.update(path=path, manifest_path=manifest_path(path), format=manifest["format"],
-                   database=target, restore_target=target, row_counts=expected)
+                   database=target, restore_target=target, row_counts=expected,
+                   checksums=manifest.get("checksums") or {})
         level = p["verify"] if p["verify"] in ("checksum", "structure") else (
             "structure" if p["verify"] == "restore" else "none")
         verified = self._verify_file(path, manifest, level)
@@ -487,23 +586,17 @@ class BackupRunner:
             with admin.cursor() as cur:
                 exists = database_exists(cur, target)
             if exists:
-                conn = self.connect(target)
-                try:
-                    with conn.cursor() as cur:
-                        actual = row_counts(cur)
-                        tables = list(actual)
-                finally:
-                    conn.close()
-                if tables:
-                    if not compare_counts(expected, actual):
-                        res["msg"] = "%r already holds exactly the rows of this backup; nothing to do" % (
-                            target,)
-                        res["row_counts_after"] = actual
+                diffs, actual, sums, compared = self._compare(manifest, target)
+                if actual:
+                    if not diffs:
+                        res["msg"] = ("%r already holds exactly the rows of this backup (%s compared); "
+                                      "nothing to do" % (target, compared))
+                        res.update(row_counts_after=actual, checksums_after=sums or {}, compared=compared)
                         return res
                     raise BackupError(
                         "restore_target %r already exists and holds %d tables (not the content of this "
                         "backup); restore into a new database name or drop it yourself first"
-                        % (target, len(tables))
+                        % (target, len(actual))
                     )
             res["changed"] = True
             res["target_created"] = not exists
@@ -516,11 +609,11 @@ class BackupRunner:
                     create_database(cur, target, manifest.get("encoding"))
             try:
                 cmd = self.tools.restore(path, manifest["format"], target)[0]
-                actual = self._counts_of(target)
-                diffs = compare_counts(expected, actual)
+                diffs, actual, sums, compared = self._compare(manifest, target)
                 if diffs:
-                    raise BackupError("restore of %s into %r: row counts differ from the manifest: %s"
-                                      % (path, target, describe_diffs(diffs)))
+                    raise BackupError("restore of %s into %r: %s differ from the manifest: %s"
+                                      % (path, target, "tables" if compared != "counts" else "row counts",
+                                         describe_diffs(diffs)))
             except BaseException:
                 if not exists:
                     try:
@@ -532,9 +625,14 @@ class BackupRunner:
                 raise
         finally:
             admin.close()
-        res.update(cmd=cmd, row_counts_after=actual, duration_s=round(time.monotonic() - t0, 3),
-                   msg="restored %s into %r; row counts equal the manifest (%d tables)"
-                   % (path, target, len(actual)))
+        if compared == "counts":
+            said = "row counts equal the manifest (%d tables; the manifest holds no content checksums, " \
+                   "so only counts were compared)" % len(actual)
+        else:
+            said = "row counts equal the manifest, and so do the content checksums (%d tables)" % len(actual)
+        res.update(cmd=cmd, row_counts_after=actual, checksums_after=sums or {}, compared=compared,
+                   duration_s=round(time.monotonic() - t0, 3),
+                   msg="restored %s into %r; %s" % (path, target, said))
         return res
 
     # -- copies -----------------------------------------------------------

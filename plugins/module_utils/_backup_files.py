@@ -129,6 +129,7 @@ def build_manifest(
     database, server_version, pg_dump_version, fmt, level, file_name, nbytes, sha256,
     row_counts, started_at, finished_at, host, container=None, encoding=None,
     prefix=None, verified=None, for_database=None, purpose="manual", partitioned_tables=(),
+    checksums=None, checksum_method=None,
 ):
     """Manifest content. Only facts about the dump: never a password or a DSN.
 
@@ -151,6 +152,10 @@ def build_manifest(
         bytes=int(nbytes),
         sha256=sha256,
         row_counts=dict(row_counts),
+        # Per table "rows:sum" of a hash of each row's text, from the dump's own
+        # snapshot (None when the backup skipped them: a restore then compares counts).
+        checksums=dict(checksums) if checksums is not None else None,
+        checksum_method=checksum_method,
         # Their rows are dumped as their partitions' TABLE DATA, not their own.
         partitioned_tables=sorted(partitioned_tables),
         started_at=iso(started_at),
@@ -653,9 +658,37 @@ def compare_counts(expected, actual):
     return diffs
 
 
+def manifest_checksums(manifest, method):
+    """The manifest's per-table content checksums when they were computed by `method`, else None
+    (a manifest written before 0.2.0, or by a backup that skipped them: counts only)."""
+    sums = manifest.get("checksums")
+    if isinstance(sums, dict) and sums and manifest.get("checksum_method") == method:
+        return sums
+    return None
+
+
+def compare_contents(expected, actual, expected_sums=None, actual_sums=None):
+    """compare_counts, and with both checksum maps also every table whose row count is the same but
+    whose content checksum is not: (table, expected, actual, expected checksum, actual checksum)."""
+    diffs = compare_counts(expected, actual)
+    if expected_sums is None or actual_sums is None:
+        return diffs
+    counted = {diff[0] for diff in diffs}
+    for table in sorted(set(expected_sums) | set(actual_sums)):
+        exp, act = expected_sums.get(table), actual_sums.get(table)
+        if table not in counted and exp != act:
+            diffs.append((table, expected.get(table), actual.get(table), exp, act))
+    return sorted(diffs, key=lambda diff: diff[0])
+
+
 def describe_diffs(diffs, limit=5):
     parts = []
-    for table, exp, act in diffs[:limit]:
+    for diff in diffs[:limit]:
+        table, exp, act = diff[:3]
+        if len(diff) == 5 and exp == act:
+            parts.append("table %s: %s rows in both, content differs (checksum manifest %s, restored %s)"
+                         % (table, exp, diff[3], diff[4]))
+            continue
         exp_s = "absent" if exp is None else "%d rows" % exp
         act_s = "absent" if act is None else "%d rows" % act
         parts.append("table %s: manifest %s, restored %s" % (table, exp_s, act_s))

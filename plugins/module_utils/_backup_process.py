@@ -182,8 +182,10 @@ class PgTools:
             )
         return out.strip()
 
-    def dump(self, database, fmt, level, snapshot, dest, name, zstd_where):
-        """Run pg_dump (+ compression) into a partial file; returns (partial, bytes, sha, cmd, warnings)."""
+    def dump(self, database, fmt, level, snapshot, dest, name, zstd_where, progress=None):
+        """Run pg_dump (+ compression) into a partial file; returns (partial, bytes, sha, cmd, warnings).
+
+        `progress`, when given, is called with the bytes written so far after each chunk."""
         procs = self.procs()
         args = self.tool_args(database) + ["--snapshot=%s" % snapshot]
         if self.lock_wait:
@@ -213,10 +215,14 @@ class PgTools:
             head = bytearray()
 
             def watched(source):
+                written = 0
                 for chunk in source:
                     if len(head) < 8:
                         head.extend(chunk[:8])
                     yield chunk
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written)
 
             partial, nbytes, sha = stream_to_partial(dest, name, watched(chunks))
         except BaseException:

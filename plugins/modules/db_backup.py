@@ -17,15 +17,16 @@ description:
     header, and for plain SQL the C(pg_dump) completion marker) and only then
     renamed to its final name. On any failure, a full disk included, the partial
     file is removed and earlier backups are left untouched.
-  - The row count of every user table is taken in the very snapshot C(pg_dump)
-    dumps (C(pg_export_snapshot()) and C(pg_dump --snapshot)), and written with
-    the size, checksum, versions and timings to C(<backup>.manifest.json) next
-    to the backup. The manifest never holds a password.
+  - The row count and the content checksum of every user table are taken in the
+    very snapshot C(pg_dump) dumps (C(pg_export_snapshot()) and C(pg_dump --snapshot)),
+    and written with the size, SHA-256, versions and timings to
+    C(<backup>.manifest.json) next to the backup. The manifest never holds a password.
   - The new backup is then verified at level O(verify), optionally copied to
     O(copy_to), and old backups are pruned when O(prune=true).
   - V(verify) checks an existing backup against its manifest, V(restore)
     restores one into a new or empty database and compares every table's row
-    count with the manifest, V(prune) applies the retention policy.
+    count and content checksum with the manifest (row counts only for a manifest
+    without checksums, as written before 0.2.0), V(prune) applies the retention policy.
   - A file is considered one of this module's backups only when its manifest
     (written by this module, naming that very file, for the same database and
     name prefix) sits next to it. No other file is ever deleted.
@@ -104,8 +105,8 @@ options:
         (V(plain_gzip), V(plain_zstd)).
       - V(restore) is V(structure) plus a restore into a scratch database
         C(dbops_verify_<database>_<random>) created from C(template0), where the
-        row count of every table must equal the manifest's; the scratch database
-        is dropped afterwards, also on failure. In check mode this last step is skipped.
+        row count and content checksum of every table must equal the manifest's; the scratch
+        database is dropped afterwards, also on failure. In check mode this last step is skipped.
     type: str
     choices: [none, checksum, structure, restore]
     default: structure
@@ -120,8 +121,9 @@ options:
         then created from C(template0)) or hold no table; data is never overwritten.
       - When it already holds exactly the row counts of the backup, nothing is
         done (C(changed=false)).
-      - After the restore, every table's row count must equal the manifest's,
-        otherwise the database created by the module is dropped and the task fails.
+      - After the restore, every table's row count and content checksum must equal the
+        manifest's, otherwise the database created by the module is dropped and the task
+        fails naming the tables that differ.
     type: str
   prune:
     description: After a successful O(action=create), apply the retention policy too.
@@ -166,6 +168,34 @@ options:
         partial file.
     type: float
     default: 30
+    version_added: 0.2.0
+  content_checksums:
+    description:
+      - With O(action=create), also compute every table's content checksum (C(rows:sum) of
+        C(hashtext()) of each row's text, as M(qadhya.dbops.db_info)'s C(checksum_tables)) in the
+        dump's own snapshot, and record them in the manifest as C(checksums). A restore
+        (O(verify=restore), O(action=restore), C(dr_drill.yml)) then proves every table's content,
+        not only its row count.
+      - The scan runs beside C(pg_dump), in the same exported snapshot. The session settings that
+        change how a row prints (C(TimeZone), C(DateStyle), C(IntervalStyle), C(extra_float_digits),
+        C(bytea_output), C(lc_monetary)) are pinned, and recorded as C(checksum_method), so a
+        server with other defaults computes the same checksums. Checksums are only comparable
+        between servers of the same major version.
+      - V(false) records row counts only.
+    type: bool
+    default: true
+    version_added: 0.2.0
+  progress_file:
+    description:
+      - With O(action=create), a status file the module keeps while it works, so that a caller
+        running it asynchronously can show a long backup alive and how far it is (the
+        P(qadhya.dbops.backup#role) role does).
+      - One JSON object (C(database), C(pid), C(step) V(dumping), V(verifying (<level>)) or
+        V(copying to <dir>), C(bytes) written so far, C(elapsed_s), C(mb_s), C(started_at)),
+        rewritten atomically with mode C(0600) about once a second while the dump streams and
+        at each later step, and removed when the module ends, whether it succeeded or failed.
+      - Never written in check mode. A status file that cannot be written never fails the backup.
+    type: path
     version_added: 0.2.0
   copy_to:
     description:
@@ -295,6 +325,26 @@ row_counts:
   returned: when a backup is created, verified or restored
   type: dict
   sample: {"knowledge_base": 580, "users": 2, "web_sources": 6}
+checksums:
+  description:
+    - Content checksum (C(rows:sum)) of every table in the dumped snapshot (from the manifest for
+      verify and restore); empty with O(content_checksums=false) or a manifest without them.
+  returned: when a backup is created, verified or restored
+  type: dict
+  sample: {"knowledge_base": "580:-81234567890", "users": "2:1234567"}
+compared:
+  description:
+    - What the restore compared with the manifest, C(counts and checksums), or C(counts) for a
+      manifest without checksums.
+  returned: when O(action=restore)
+  type: str
+  sample: counts and checksums
+checksums_after:
+  description:
+    - Content checksums read in O(restore_target) after the restore (empty when only counts were compared).
+  returned: when O(action=restore)
+  type: dict
+  sample: {"knowledge_base": "580:-81234567890", "users": "2:1234567"}
 row_counts_after:
   description: Row counts read in O(restore_target) after the restore.
   returned: when O(action=restore)
@@ -392,6 +442,8 @@ def argument_spec():
         free_space_margin_mb=dict(type="int", default=256),
         name_prefix=dict(type="str"),
         copy_to=dict(type="path"),
+        content_checksums=dict(type="bool", default=True),
+        progress_file=dict(type="path"),
         lock_wait_timeout=dict(type="float", default=30.0),
     )
     return spec

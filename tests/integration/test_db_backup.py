@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -170,6 +171,52 @@ def test_manifest_claiming_an_extra_row_fails_restore_verification(lab, run, cus
     assert "table knowledge_base: manifest 581 rows, restored 580 rows" in result["msg"]
     assert "\n" not in result["msg"]
     assert result["verified"]["details"]["checked"] == "structure"  # checksum and structure passed
+    assert scratch_dbs(lab) == []
+
+
+def test_manifest_checksums_prove_each_table_and_old_manifests_restore(lab, run, custom_backup, tmp_path):
+    dest, created = custom_backup
+    manifest = json.loads(Path(created["manifest_path"]).read_text())
+    # Every counted table has its content checksum, from the dump's own snapshot, in db_info's form.
+    assert set(manifest["checksums"]) == set(manifest["row_counts"])
+    assert created["checksums"] == manifest["checksums"]
+    assert manifest["checksums"]["knowledge_base"].startswith("580:")
+    assert "TimeZone=UTC" in manifest["checksum_method"]
+    assert created["verified"]["details"]["compared"] == "counts and checksums"
+    info, _out = labkit.run_module("db_info", lab.login_args(databases=["moncabinet"], checksum_tables=["*"]))
+    sums = info["databases"]["moncabinet"]["checksums"]
+    assert {key: value["checksum"] for key, value in sums.items()} == manifest["checksums"]
+
+    def copy_with(name, edit):
+        where = tmp_path / name
+        where.mkdir()
+        copy = where / Path(created["path"]).name
+        shutil.copy(created["path"], copy)
+        changed = json.loads(json.dumps(manifest))
+        edit(changed)
+        Path(str(copy) + ".manifest.json").write_text(json.dumps(changed))
+        return str(copy)
+
+    # Same row count, other content: the restore names the table, and the database it created is gone.
+    rows, total = manifest["checksums"]["users"].split(":")
+    other = copy_with("other", lambda m: m["checksums"].update(users="%s:%d" % (rows, int(total) + 1)))
+    target = "qc_checksum_restored"
+    result = run(action="restore", path=other, restore_target=target)
+    assert result.get("failed") is True and "\n" not in result["msg"]
+    assert "table users: 2 rows in both, content differs (checksum manifest 2:%d, restored %s)" % (
+        int(total) + 1, manifest["checksums"]["users"]) in result["msg"], result["msg"]
+    assert lab.psql("postgres", "SELECT 1 FROM pg_database WHERE datname = '%s'" % target) == []
+
+    # A manifest written before the checksums: restored and compared by counts, and said so.
+    old = copy_with("old", lambda m: [m.pop("checksums"), m.pop("checksum_method")])
+    try:
+        result = run(action="restore", path=old, restore_target=target)
+        assert result["changed"] is True and not result.get("failed"), result.get("msg")
+        assert result["compared"] == "counts" and result["checksums_after"] == {}
+        assert "the manifest holds no content checksums, so only counts were compared" in result["msg"]
+        assert result["row_counts_after"]["knowledge_base"] == 580
+    finally:
+        lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % target)
     assert scratch_dbs(lab) == []
 
 
@@ -367,14 +414,19 @@ CREATE TABLE audit.log (id int);
 """
 
 
+def fresh_db(lab, name, script):
+    """Database `name` made anew on the lab's server, holding what `script` creates."""
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    lab.psql("postgres", "CREATE DATABASE %s" % name)
+    labkit.docker("exec", lab.db, "psql", "-U", lab.info["db_user"], "-d", name, "-XAq",
+                  "-v", "ON_ERROR_STOP=1", "-c", script)
+    return name
+
+
 @pytest.fixture
 def parts_db(lab):
     """A database with a partitioned table, a legacy inheritance pair and a second schema."""
-    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % PARTS_DB)
-    lab.psql("postgres", "CREATE DATABASE %s" % PARTS_DB)
-    labkit.docker("exec", lab.db, "psql", "-U", lab.info["db_user"], "-d", PARTS_DB, "-XAq",
-                  "-v", "ON_ERROR_STOP=1", "-c", PARTS_SQL)
-    yield PARTS_DB
+    yield fresh_db(lab, PARTS_DB, PARTS_SQL)
     lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % PARTS_DB)
     lab.psql("postgres", "DROP DATABASE IF EXISTS %s_restored WITH (FORCE)" % PARTS_DB)
 
@@ -435,3 +487,59 @@ def test_backup_info_picks_the_backup_taken_for_the_live_name(lab, run, tmp_path
     assert damaged["newest"] == {}
     assert damaged["backups"][1]["problems"][0].startswith("file has 15 bytes")
 
+
+# --------------------------------------------------------------------------
+# progress of a long backup
+# --------------------------------------------------------------------------
+
+BIG_DB = "progress_big"
+# About 70 MB of rows that compress poorly: a dump of several seconds, not a minute.
+BIG_SQL = """
+CREATE TABLE big AS
+  SELECT g AS id, md5(g::text) AS a, md5((g * 7)::text) || md5((g * 13)::text) || md5((g * 17)::text) AS b,
+         now() - g * interval '1 s' AS at
+    FROM generate_series(1, 350000) g;
+CREATE TABLE small (id int PRIMARY KEY, note text);
+INSERT INTO small VALUES (1, 'one'), (2, 'two');
+"""
+PROGRESS = re.compile(r"backup of %s: (?P<step>[^,]+), (?P<mib>[\d.]+) MiB written in (?P<s>[\d.]+) s "
+                      r"\((?P<rate>[\d.?]+) MiB/s\)" % BIG_DB)
+
+
+@pytest.fixture
+def big_db(lab):
+    yield fresh_db(lab, BIG_DB, BIG_SQL)
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % BIG_DB)
+
+
+def test_long_backup_shows_progress_and_a_final_rate(lab, big_db, tmp_path):
+    """backup.yml on a generated database whose dump takes seconds: the backup role follows its
+    async job and prints the step, the MiB written and the rate while it runs, then a final line
+    with size, dump time and MiB/s; the manifest holds every table's content checksum."""
+    inventory = labkit.write_inventory(tmp_path / "inventory.json", {lab.name: labkit.host_vars(
+        lab.info, tmp_path, dbops_backup_database=big_db)})
+    proc = labkit.run_playbook(REPO / "playbooks" / "backup.yml", inventory,
+                               "-e", "backup_progress_interval=1")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert lab.info["db_password"] not in proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "reports" / "backup" / (lab.name + "-latest.json")).read_text())
+    backup = report["backup"]
+    lines = [m.groupdict() for m in PROGRESS.finditer(" ".join(proc.stdout.split()))]
+    # Followed while it ran: at least one line, and while it dumped, bytes and a rate.
+    assert lines, proc.stdout[-4000:]
+    assert all(line["step"] in ("starting", "dumping", "verifying (structure)") for line in lines), lines
+    if backup["duration_s"] >= 3:
+        assert any(float(line["mib"]) > 0 and line["rate"] != "?" for line in lines), (
+            backup["duration_s"], lines)
+    # The final line: size, dump time and MiB/s, as the report records them.
+    mib = round(backup["bytes"] / 1048576, 1)
+    final = "%s MiB dumped in %s s (%s MiB/s)" % (mib, backup["duration_s"], backup["throughput_mb_s"])
+    assert final in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+    assert backup["bytes"] > 20 * 1048576 and backup["throughput_mb_s"] > 0
+    # The manifest says what the backup holds, table by table, and no status file is left.
+    manifest = json.loads(Path(backup["manifest_path"]).read_text())
+    assert manifest["row_counts"] == {"big": 350000, "small": 2}
+    assert set(manifest["checksums"]) == {"big", "small"}
+    assert manifest["checksums"]["big"].startswith("350000:")
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == sorted(
+        [backup["path"].rsplit("/", 1)[1], backup["manifest_path"].rsplit("/", 1)[1]])

@@ -65,6 +65,10 @@ def test_drill_restores_the_offsite_copy_and_removes_the_scratch_container(lab, 
     assert record["backup"]["key"] == "%s/%s" % (drill_env["prefix"], name)
     assert record["tables_checked"] == len(drill_env["backup"]["row_counts"]) > 0
     assert record["rows_checked"] == sum(drill_env["backup"]["row_counts"].values())
+    # Every table's content checksum of the restored copy equals the manifest's.
+    assert record["compared"] == "counts and checksums"
+    assert record["checksums_checked"] == len(drill_env["backup"]["checksums"]) == record["tables_checked"]
+    assert "every content checksum equal to the manifest" in " ".join(proc.stdout.split())
     assert 0 < record["recovery_seconds"] < 600
     assert 0 <= record["data_age_seconds"] < 3600
     assert record["scratch_removed"] is True and record["started_at"].endswith("Z")

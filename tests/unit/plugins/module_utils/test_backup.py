@@ -663,3 +663,31 @@ def test_verify_action_refuses_files_without_our_manifest(tmp_path):
     result = runner_for(tmp_path, path=str(path) + bf.MANIFEST_SUFFIX).verify()
     assert result["changed"] is False and result["verified"]["ok"] is True
     assert result["path"] == str(path)
+
+
+def test_compare_contents_names_the_table_whose_content_differs():
+    counts = {"knowledge_base": 580, "users": 2}
+    sums = {"knowledge_base": "580:-12", "users": "2:7"}
+    assert bf.compare_contents(counts, dict(counts), sums, dict(sums)) == []
+    diffs = bf.compare_contents(counts, dict(counts), sums, dict(sums, knowledge_base="580:99"))
+    assert diffs == [("knowledge_base", 580, 580, "580:-12", "580:99")]
+    text = bf.describe_diffs(diffs)
+    assert text == ("table knowledge_base: 580 rows in both, content differs "
+                    "(checksum manifest 580:-12, restored 580:99)")
+    # A count that differs is said as a count; without checksums only counts are compared.
+    diffs = bf.compare_contents(counts, dict(counts, users=3), sums, dict(sums, users="3:1"))
+    assert diffs == [("users", 2, 3)]
+    assert bf.compare_contents(counts, dict(counts), sums, None) == []
+
+
+def test_manifest_checksums_only_when_computed_the_same_way():
+    from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as runner
+
+    method = runner.CHECKSUM_METHOD
+    assert "TimeZone=UTC" in method and "hashtext" in method
+    written = {"checksums": {"a": "1:2"}, "checksum_method": method}
+    assert bf.manifest_checksums(written, method) == {"a": "1:2"}
+    # Written before 0.2.0, with content_checksums=false, or by another method: counts only.
+    assert bf.manifest_checksums({"row_counts": {"a": 1}}, method) is None
+    assert bf.manifest_checksums({"checksums": None, "checksum_method": None}, method) is None
+    assert bf.manifest_checksums({"checksums": {"a": "1:2"}, "checksum_method": "other"}, method) is None
