@@ -316,6 +316,23 @@ def test_a_crash_in_the_window_then_a_rerun_converges(case, step):
     assert not list((case["work"] / "backups").glob(".*.tmp"))
 
 
+def descendants(pid):
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
 def test_a_killed_playbook_leaves_its_switch_running_and_the_rerun_waits_for_it(case):
     # Only ansible-playbook dies (an operator's kill, a controller OOM): the
     # app_switch process it started goes on, on the Docker host, to the end of
@@ -329,12 +346,22 @@ def test_a_killed_playbook_leaves_its_switch_running_and_the_rerun_waits_for_it(
                               str(case["inventory"])], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
 
+    held = []
+
+    def signal_all(sig):
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def kill_the_playbook_only():
+        # Ansible's workers run in sessions of their own: the playbook's own descendants are the
+        # processes to hold, found before it dies (afterwards they belong to init).
+        held.extend(descendants(first.pid))
         os.kill(first.pid, signal.SIGKILL)
         # The orphans (worker, module) are held for a few seconds, so that the rerun is sure to
         # reach them still in their window; they then go on as if nothing happened.
-        os.killpg(first.pid, signal.SIGSTOP)
-        threading.Timer(8, lambda: os.killpg(first.pid, signal.SIGCONT)).start()
+        signal_all(signal.SIGSTOP)
+        threading.Timer(8, signal_all, args=(signal.SIGCONT,)).start()
 
     watcher = JournalWatcher(case["work"] / "backups" / "journal", "db_block", kill_the_playbook_only)
     try:
@@ -344,8 +371,8 @@ def test_a_killed_playbook_leaves_its_switch_running_and_the_rerun_waits_for_it(
     finally:
         watcher.close()
         time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)  # the orphaned worker, if it is still there
+        signal_all(signal.SIGCONT)
+        signal_all(signal.SIGKILL)  # the orphaned worker, if it is still there
     journals = sorted((case["work"] / "backups" / "journal").glob("*.json"))
     dead = json.loads(journals[-2].read_text())
     # The orphan finished its window: the dead run's journal holds its close.
