@@ -5,7 +5,8 @@ ansible-core 2.16 and the community.docker / community.postgresql of its
 time) plus the pins of requirements.txt that the plugins and their unit tests
 import. It is built once and cached under ~/.cache/qadhya.dbops/ (outside the
 checkout, so fresh clones share it), keyed by those pins and
-the interpreter. With it: the unit tests of the plugins (tests/unit/plugins),
+the interpreter. With it: ansible-test sanity of that core (FLOOR_SANITY), the
+unit tests of the plugins (tests/unit/plugins),
 then a full consolidation of a lab instance and its idempotent rerun, driven
 by that venv's ansible-playbook (the checkout is qadhya.dbops through
 .cache/collections, as ansible.cfg says; the community collections are the
@@ -40,6 +41,16 @@ NOT_ON_THE_FLOOR = {"ansible", "ansible-core", "ansible-lint", "ansible-builder"
 # ansible-core 2.16 runs on Python 3.10-3.12 on the controller.
 PYTHONS = ("3.11", "3.12")
 INSTANCE = labkit.instance_name("floor")
+# The sanity tests that say whether the collection works on the oldest core: the
+# modules' documentation and argument specs against its schema (validate-modules,
+# ansible-doc, action-plugin-docs), every plugin importable there (import) and
+# compiled by its Pythons (compile), meta/runtime.yml as it reads it
+# (runtime-metadata), and yamllint. Left to the pinned newest (tests/sanity/run.sh):
+# pylint and pep8, which judge style with older tool versions, the Python 2
+# boilerplate tests that 2.17 dropped (future-import-, metaclass-boilerplate),
+# and the file-level checks that do not depend on the core's version.
+FLOOR_SANITY = ("validate-modules", "import", "compile", "yamllint", "ansible-doc", "action-plugin-docs",
+                "runtime-metadata")
 
 
 def pins(path):
@@ -118,6 +129,17 @@ def test_floor_venv_runs_the_declared_minimum(floor_venv):
     assert re.search(r"^qadhya\.dbops\s", listing, re.M), listing
     assert re.search(r"^community\.docker\s+3\.", listing, re.M), listing
     assert re.search(r"^community\.postgresql\s+3\.", listing, re.M), listing
+
+
+def test_sanity_passes_on_the_floor(floor_venv):
+    # The tree copy of the newest core's sanity, kept apart (.cache/sanity-floor), run by this ansible-test.
+    args = [arg for test in FLOOR_SANITY for arg in ("--test", test)]
+    proc = subprocess.run(["bash", str(REPO / "tests" / "sanity" / "run.sh"), *args], capture_output=True,
+                          text=True, cwd=REPO, check=False, timeout=1200,
+                          env={**os.environ, "QADHYA_SANITY_VENV": str(floor_venv.parent)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    ran = re.findall(r'^Running sanity test "([^"]+)"', proc.stdout, re.M)
+    assert sorted(ran) == sorted(FLOOR_SANITY), ran
 
 
 def test_plugin_unit_tests_pass_on_the_floor(floor_venv):
