@@ -157,11 +157,12 @@ class Progress:
         self.database = database
         self.t0 = time.monotonic()
         self.last = None
+        self.off = False
         self.state = dict(database=database, pid=os.getpid(), step="starting", bytes=0, elapsed_s=0.0,
                           mb_s=None, started_at=iso(utc_now()))
 
     def update(self, step=None, nbytes=None, force=False):
-        if self.path is None:
+        if self.path is None or self.off:
             return
         now = time.monotonic()
         if step is not None:
@@ -177,8 +178,8 @@ class Progress:
         try:
             write_atomic(os.path.dirname(self.path), os.path.basename(self.path),
                          manifest_bytes(self.state))
-        except OSError:
-            self.path = None  # the status is a courtesy: it never fails the backup
+        except (OSError, BackupError):  # a full disk is BackupError
+            self.off = True  # the status is a courtesy: it never fails the backup
 
     def dumped(self, nbytes):
         self.update(nbytes=nbytes)

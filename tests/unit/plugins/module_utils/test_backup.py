@@ -691,3 +691,25 @@ def test_manifest_checksums_only_when_computed_the_same_way():
     assert bf.manifest_checksums({"row_counts": {"a": 1}}, method) is None
     assert bf.manifest_checksums({"checksums": None, "checksum_method": None}, method) is None
     assert bf.manifest_checksums({"checksums": {"a": "1:2"}, "checksum_method": "other"}, method) is None
+
+
+def test_progress_file_is_written_atomically_and_never_fails_the_backup(tmp_path, monkeypatch):
+    from ansible_collections.qadhya.dbops.plugins.module_utils import _backup as runner
+
+    status = tmp_path / ".db.backup-progress.json"
+    progress = runner.Progress(str(status), "db")
+    progress.update(step="dumping", force=True)
+    progress.dumped(3 * bf.MB)  # within a second of the last write: not rewritten
+    assert json.loads(status.read_text())["bytes"] == 0
+    progress.update(nbytes=5 * bf.MB, force=True)
+    written = json.loads(status.read_text())
+    assert written["step"] == "dumping" and written["bytes"] == 5 * bf.MB and written["database"] == "db"
+    assert oct(status.stat().st_mode & 0o777) == "0o600"
+    # A full disk (BackupError) or any OSError turns the status off, never the backup.
+    def full(*_args, **_kwargs):
+        raise bf.BackupError("disk full")
+    monkeypatch.setattr(runner, "write_atomic", full)
+    progress.update(step="verifying (structure)")
+    assert progress.off is True and json.loads(status.read_text())["step"] == "dumping"
+    progress.remove()
+    assert not status.exists()
