@@ -58,6 +58,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import 
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._backup_process import PgTools
 from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import (
+    CHECKSUM_METHOD,
     count_and_checksum,
     count_rows,
     list_relations,
@@ -87,25 +88,6 @@ PG_PROGRAMMING_ERRORS = (psycopg2.ProgrammingError,) if psycopg2 is not None els
 VERIFY_RUN_ERRORS = PG_ERRORS + (DockerError,)
 
 
-# The settings that change how a row prints as text, pinned in every session
-# that computes content checksums, so that the dump's server and the one a
-# copy is restored on (a drill's scratch container with its own defaults)
-# print the same row the same way.
-CHECKSUM_SETTINGS = (
-    ("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "1"), ("bytea_output", "hex"), ("lc_monetary", "C"),
-)
-# Recorded in the manifest beside the checksums: a restore compares them only
-# when it computes them the same way.
-CHECKSUM_METHOD = "rows:sum(hashtext(row::text)) with " + ", ".join("%s=%s" % kv for kv in CHECKSUM_SETTINGS)
-
-
-def pin_checksum_settings(cur):
-    """Pin CHECKSUM_SETTINGS for the current transaction."""
-    for name, value in CHECKSUM_SETTINGS:
-        cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
-
-
 def table_contents(cur, checksums=True):
     """({key: rows}, {key: "rows:sum"} or None, [partitioned keys]) of every counted table,
     each table read once, in the cursor's current transaction."""
@@ -114,7 +96,6 @@ def table_contents(cur, checksums=True):
     if not checksums:
         return ({table_key(*key): rows for key, rows in count_rows(cur, relations).items()}, None,
                 partitioned)
-    pin_checksum_settings(cur)
     both = count_and_checksum(cur, relations)
     return ({table_key(*key): rows for key, (rows, _sum) in both.items()},
             {table_key(*key): text for key, (_rows, text) in both.items()}, partitioned)

@@ -108,6 +108,9 @@ def count_rows(cur, relations, tables=None):
     """
     tables = counted_tables(relations) if tables is None else list(tables)
     result = {}
+    if not tables:
+        return result
+    pin_checksum_settings(cur)
     indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
                for i, (schema, table) in enumerate(tables)]
     for start in range(0, len(indexed), COUNT_BATCH):
@@ -147,9 +150,29 @@ def holds_data(tables, data_tables=None, ignore=(MIGRATIONS_TABLE,)):
 
 # The content checksum of a table: its row count and the sum of a hash of
 # each row's text, order-independent, so that two scans of the same rows
-# agree whatever order they come in. db_info's checksum_tables and the
-# consolidation's proof give it in the same "rows:sum" form.
+# agree whatever order they come in. db_info's checksum_tables, the
+# consolidation's proof and the backup's manifest give it in the same
+# "rows:sum" form, computed by count_and_checksum alone.
 ROW_HASH_SUM = "coalesce(sum(pg_catalog.hashtext(_qadhya_row::text)::bigint), 0)"
+
+# The settings that change how a row prints as text, pinned in every session
+# that computes content checksums, so that the dump's server and the one a
+# copy is restored on (a drill's scratch container with its own defaults)
+# print the same row the same way.
+CHECKSUM_SETTINGS = (
+    ("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"), ("bytea_output", "hex"), ("lc_monetary", "C"),
+)
+# Recorded in a manifest beside its checksums: a restore compares them only
+# when it computes them the same way.
+CHECKSUM_METHOD = "rows:sum(hashtext(row::text)) with " + ", ".join("%s=%s" % kv for kv in CHECKSUM_SETTINGS)
+
+
+def pin_checksum_settings(cur):
+    """Pin CHECKSUM_SETTINGS for the rest of the session (our own, so nothing else sees them);
+    session-wide, as an autocommit session would drop a transaction's own at once."""
+    for name, value in CHECKSUM_SETTINGS:
+        cur.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
 
 
 def checksum_text(rows, total):
@@ -173,6 +196,9 @@ def count_and_checksum(cur, relations, tables=None):
     one scan per table, COUNT_BATCH tables per statement, in the cursor's current snapshot."""
     tables = counted_tables(relations) if tables is None else list(tables)
     result = {}
+    if not tables:
+        return result
+    pin_checksum_settings(cur)
     indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
                for i, (schema, table) in enumerate(tables)]
     for start in range(0, len(indexed), COUNT_BATCH):

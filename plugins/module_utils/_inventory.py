@@ -21,6 +21,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils import _env_file as e
 from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import (
     DEFAULT_SCHEMA,
     MIGRATIONS_TABLE,
+    count_and_checksum,
     count_rows,
     counted_tables,
     holds_data,
@@ -315,22 +316,6 @@ def select_databases(server, requested):
     return names
 
 
-def checksum_statement(tables, relations):
-    """One statement: index, row count and order-independent hash sum per table.
-
-    Rows are read the way they are counted (relation_sql), so the count here
-    equals the table's row count.
-    """
-    parts = [
-        sql.SQL(
-            "SELECT {0}::int, count(*), coalesce(sum(pg_catalog.hashtext(_qadhya_row::text)::bigint), 0)"
-            " FROM {1} AS _qadhya_row"
-        ).format(sql.Literal(i), relation_sql(schema, table, relations[(schema, table)]["kind"]))
-        for i, (schema, table) in enumerate(tables)
-    ]
-    return sql.SQL(" UNION ALL ").join(parts)
-
-
 def jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -387,13 +372,8 @@ def inspect_database(conn, options):
             checksums = {}
             present = [t for t in options["checksum"] if t in relations]
             absent = [t for t in options["checksum"] if t not in relations]
-            if present:
-                cur.execute(checksum_statement(present, relations))
-                for i, rows, total in cur.fetchall():
-                    schema, table = present[i]
-                    checksums[table_key(schema, table)] = dict(
-                        rows=int(rows), checksum="%d:%d" % (int(rows), int(total))
-                    )
+            for (schema, table), (rows, text) in count_and_checksum(cur, relations, present).items():
+                checksums[table_key(schema, table)] = dict(rows=rows, checksum=text)
             for schema, table in absent:
                 checksums[table_key(schema, table)] = dict(rows=None, checksum=None, missing=True)
 

@@ -307,6 +307,8 @@ class FakeCursor:
         self.statements.append(text)
         if "FROM pg_catalog.pg_class" in text:
             self._rows = self.relations
+        elif "set_config" in text:
+            self._rows = [(params[1],)]
         elif "hashtext" in text:
             self._rows = [(int(p.split("::int")[0].replace("SELECT ", "")), 3, 12345)
                           for p in text.split(" UNION ALL ")]
