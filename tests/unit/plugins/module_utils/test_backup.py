@@ -705,6 +705,7 @@ def test_progress_file_is_written_atomically_and_never_fails_the_backup(tmp_path
     written = json.loads(status.read_text())
     assert written["step"] == "dumping" and written["bytes"] == 5 * bf.MB and written["database"] == "db"
     assert oct(status.stat().st_mode & 0o777) == "0o600"
+
     # A full disk (BackupError) or any OSError turns the status off, never the backup.
     def full(*_args, **_kwargs):
         raise bf.BackupError("disk full")
