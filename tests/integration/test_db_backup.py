@@ -519,7 +519,7 @@ def test_long_backup_shows_progress_and_a_final_rate(lab, big_db, tmp_path):
     inventory = labkit.write_inventory(tmp_path / "inventory.json", {lab.name: labkit.host_vars(
         lab.info, tmp_path, dbops_backup_database=big_db)})
     proc = labkit.run_playbook(REPO / "playbooks" / "backup.yml", inventory,
-                               "-e", "backup_progress_interval=1")
+                               "-e", "backup_progress_interval=1", "-e", "backup_progress_min_bytes=0")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert lab.info["db_password"] not in proc.stdout + proc.stderr
     report = json.loads((tmp_path / "reports" / "backup" / (lab.name + "-latest.json")).read_text())
