@@ -91,13 +91,26 @@ def relation_sql(schema, table, kind):
     return ident(schema, table)
 
 
+def _union(template, indexed):
+    """`template` ("SELECT {0}::int, ... FROM {1}") for each (i, (schema, table, kind)), UNION ALL."""
+    parts = [sql.SQL(template).format(sql.Literal(i), relation_sql(*rel)) for i, rel in indexed]
+    return sql.SQL(" UNION ALL ").join(parts)
+
+
 def count_statement(indexed):
     """One `SELECT i, count(*) FROM ... UNION ALL ...` for [(i, (schema, table, kind))]."""
-    parts = [
-        sql.SQL("SELECT {0}::int, count(*) FROM {1}").format(sql.Literal(i), relation_sql(*rel))
-        for i, rel in indexed
-    ]
-    return sql.SQL(" UNION ALL ").join(parts)
+    return _union("SELECT {0}::int, count(*) FROM {1}", indexed)
+
+
+def _scan(cur, relations, tables, statement):
+    """(table, [values after the index]) for each of `tables`, read by `statement(indexed)`
+    COUNT_BATCH tables at a time, all in the cursor's current snapshot."""
+    indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
+               for i, (schema, table) in enumerate(tables)]
+    for start in range(0, len(indexed), COUNT_BATCH):
+        cur.execute(statement(indexed[start:start + COUNT_BATCH]))
+        for i, *values in cur.fetchall():
+            yield tables[i], values
 
 
 def count_rows(cur, relations, tables=None):
@@ -107,17 +120,7 @@ def count_rows(cur, relations, tables=None):
     costs a few round trips, all in the cursor's current snapshot.
     """
     tables = counted_tables(relations) if tables is None else list(tables)
-    result = {}
-    if not tables:
-        return result
-    pin_checksum_settings(cur)
-    indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
-               for i, (schema, table) in enumerate(tables)]
-    for start in range(0, len(indexed), COUNT_BATCH):
-        cur.execute(count_statement(indexed[start:start + COUNT_BATCH]))
-        for i, rows in cur.fetchall():
-            result[tables[i]] = int(rows)
-    return result
+    return {table: int(rows) for table, (rows,) in _scan(cur, relations, tables, count_statement)}
 
 
 def row_counts(cur):
@@ -183,26 +186,15 @@ def checksum_text(rows, total):
 def count_checksum_statement(indexed):
     """One `SELECT i, count(*), <row hash sum> FROM ... UNION ALL ...` for [(i, (schema, table, kind))]:
     the count and the checksum come from the same single scan of each table."""
-    parts = [
-        sql.SQL("SELECT {0}::int, count(*), " + ROW_HASH_SUM + " FROM {1} AS _qadhya_row").format(
-            sql.Literal(i), relation_sql(*rel))
-        for i, rel in indexed
-    ]
-    return sql.SQL(" UNION ALL ").join(parts)
+    return _union("SELECT {0}::int, count(*), " + ROW_HASH_SUM + " FROM {1} AS _qadhya_row", indexed)
 
 
 def count_and_checksum(cur, relations, tables=None):
     """{(schema, table): (exact rows, "rows:sum" checksum)} of `tables` (default: every counted table),
     one scan per table, COUNT_BATCH tables per statement, in the cursor's current snapshot."""
     tables = counted_tables(relations) if tables is None else list(tables)
-    result = {}
     if not tables:
-        return result
+        return {}
     pin_checksum_settings(cur)
-    indexed = [(i, (schema, table, relations[(schema, table)]["kind"]))
-               for i, (schema, table) in enumerate(tables)]
-    for start in range(0, len(indexed), COUNT_BATCH):
-        cur.execute(count_checksum_statement(indexed[start:start + COUNT_BATCH]))
-        for i, rows, total in cur.fetchall():
-            result[tables[i]] = (int(rows), checksum_text(rows, total))
-    return result
+    return {table: (int(rows), checksum_text(rows, total))
+            for table, (rows, total) in _scan(cur, relations, tables, count_checksum_statement)}

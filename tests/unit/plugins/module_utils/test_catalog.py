@@ -76,6 +76,8 @@ def test_row_counts_count_each_row_once_in_one_statement():
     # table is counted as a whole (its partitions are not listed).
     assert 'FROM ONLY "public"."knowledge_base"' in counts[0]
     assert 'FROM "audit"."events"' in counts[0]
+    # Counting alone leaves the session's settings as they are: only checksums pin them.
+    assert not any("set_config" in s for s in cur.statements)
 
 
 def test_count_rows_batches(monkeypatch):
