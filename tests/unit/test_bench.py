@@ -81,3 +81,45 @@ def test_peer_playbook_parses():
                                "-i", "localhost,", str(BENCH / book)], capture_output=True, text=True,
                               env=env, cwd=REPO, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_poller_samples_an_outage_whose_requests_hang(bench):
+    """While the app stops, a connection can be accepted and never answered:
+    the poller must keep starting requests every 20 ms meanwhile, or an outage
+    shorter than one request's timeout falls between two samples."""
+    import http.server
+    import threading
+    import time
+
+    down = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if down.is_set():
+                time.sleep(1.0)  # accepted, never answered within the poller's wait
+                self.send_response(503)
+            else:
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with bench.HealthPoller("http://127.0.0.1:%d/" % server.server_port, timeout=0.6) as poller:
+            time.sleep(0.3)
+            down.set()
+            started = time.monotonic()
+            time.sleep(0.4)
+            down.clear()
+            ended = time.monotonic()
+            time.sleep(0.3)
+    finally:
+        server.shutdown()
+    inside = [code for t, code in poller.samples if started < t < ended]
+    # A poller waiting on one request at a time would start one, maybe two, in those 0.4 s.
+    assert len(inside) >= 4 and set(inside) == {None}, inside
+    assert poller.last_outage() is not None and poller.last_outage() >= 0.35, poller.samples
