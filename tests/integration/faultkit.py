@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -193,6 +194,37 @@ class PathWatcher(_Watcher):
                 if path.stat().st_size >= self.min_bytes:
                     self.seen.append(path)
         return bool(self.seen)
+
+
+def descendants(pid):
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def kill_tree(pid):
+    """SIGKILL `pid` and every process below it at once, as a power cut of a
+    Docker host that is also the controller would: Ansible's workers run in
+    sessions of their own, so killing the playbook's process group leaves the
+    module running; this kills the module (and its docker exec clients) too."""
+    below = descendants(pid)
+    for each in [pid, *below]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGSTOP)  # none of them reacts to another's death first
+    for each in [pid, *descendants(pid), *below]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
 
 
 def repointed_case(lab, work, source, **host_extra):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import JournalWatcher, PathWatcher, blocked_databases, repointed_case, snapshot
+from faultkit import JournalWatcher, PathWatcher, blocked_databases, kill_tree, repointed_case, snapshot
 from labkit import REPO, docker, instance_name, run_playbook
 
 pytestmark = pytest.mark.integration
@@ -35,13 +35,16 @@ def case(module_lab, tmp_path):
     return repointed_case(module_lab, tmp_path, SOURCE, dbops_health_timeout=15)
 
 
-def crash(case, make_watcher):
-    """consolidate.yml, SIGKILLed (whole process group) when the watcher strikes."""
+def crash(case, make_watcher, whole_tree=False):
+    """consolidate.yml, SIGKILLed when the watcher strikes: its process group (the
+    modules it started go on, as after an operator's kill), or with `whole_tree`
+    every process below it too (a power cut: the module dies halfway)."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), str(CONSOLIDATE), "-i",
                              str(case["inventory"])], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    watcher = make_watcher(lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watcher = make_watcher((lambda: kill_tree(proc.pid)) if whole_tree
+                           else (lambda: os.killpg(proc.pid, signal.SIGKILL)))
     try:
         assert proc.wait(timeout=600) == -signal.SIGKILL, "the run ended before the strike"
     finally:
@@ -76,12 +79,16 @@ def assert_no_stray_state(case):
     assert not (backups / "journal" / "run.lock").exists()
 
 
-def test_a_crash_during_the_dump_then_rollback_yml_puts_it_back(case):
-    inst = case["inst"]
+def add_bulk(inst):
     # About 30 MB of rows no compression folds away: the dump takes a few seconds.
     inst.psql(SOURCE, "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) || "
                       "md5((g + 2)::text) || md5((g + 3)::text) || md5((g + 4)::text) AS pad "
                       "FROM generate_series(1, 200000) g")
+
+
+def test_a_crash_during_the_dump_then_rollback_yml_puts_it_back(case):
+    inst = case["inst"]
+    add_bulk(inst)
     env_before, rows_before, names = inst.env_file.read_bytes(), snapshot(inst, SOURCE), databases(inst)
     watcher = crash(case, lambda kill: PathWatcher(case["backups"], PARTIAL, kill, min_bytes=1 << 20))
     assert watcher.seen and all(path.exists() for path in watcher.seen), "no partial dump left to find"
@@ -108,4 +115,40 @@ def test_a_crash_as_the_verification_starts_then_a_rerun_converges(case):
     assert status == 200 and body["database"] == TARGET, (status, body)
     assert snapshot(inst, TARGET) == rows_before
     assert databases(inst) == ["postgres", TARGET]
+    assert_no_stray_state(case)
+
+
+def test_a_crash_during_the_dump_then_a_rerun_converges(case):
+    # The whole tree dies (the module and its pg_dump client too): the partial dump is
+    # nobody's any more, and the rerun must neither trip over it nor keep it.
+    inst = case["inst"]
+    add_bulk(inst)
+    rows_before = snapshot(inst, SOURCE)
+    watcher = crash(case, lambda kill: PathWatcher(case["backups"], PARTIAL, kill, min_bytes=1 << 20),
+                    whole_tree=True)
+    assert watcher.seen and all(path.exists() for path in watcher.seen), "no partial dump left to find"
+    proc, report = run(case, CONSOLIDATE)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    assert not any(path.exists() for path in watcher.seen)
+    status, body = inst.health()
+    assert status == 200 and body["database"] == TARGET, (status, body)
+    assert snapshot(inst, TARGET) == rows_before
+    assert databases(inst) == ["postgres", TARGET]
+    assert_no_stray_state(case)
+
+
+def test_a_crash_as_the_verification_starts_then_rollback_yml_puts_it_back(case):
+    inst = case["inst"]
+    env_before, rows_before, names = inst.env_file.read_bytes(), snapshot(inst, SOURCE), databases(inst)
+    target_before = snapshot(inst, TARGET)
+    crash(case, lambda kill: JournalWatcher(case["backups"] / "journal", "window", kill, occurrence=2))
+    proc, report = run(case, ROLLBACK)
+    assert proc.returncode == 0 and report["result"] == "rolled_back", report["message"]
+    assert "was interrupted" in report["message"], report["message"]
+    status, body = inst.health()
+    assert status == 200 and body["database"] == SOURCE, (status, body)
+    assert inst.env_file.read_bytes() == env_before and databases(inst) == names
+    assert snapshot(inst, SOURCE) == rows_before
+    assert snapshot(inst, TARGET) == target_before  # the emptied target restored from its backup
     assert_no_stray_state(case)
