@@ -3,8 +3,9 @@
 The app's env is fixed at its creation (mode created), so the switch has to
 recreate it. Its image tag is one of this instance's own (a tag of the lab's
 image), so that moving or removing it touches nobody else's app. A recreate
-must never start another image than the one that ran: the run refuses before
-the app stops, in one line, and everything stays as it was.
+must never start another image than the one that ran: the run refuses in its
+pre-check, before the backup and long before the app stops, in one line, and
+everything stays as it was.
 """
 
 import importlib.util
@@ -65,6 +66,12 @@ def test_a_recreate_never_starts_another_image_than_the_one_that_ran(module_lab,
     assert "refusing to recreate %s: its image %r" % (lab.app, PRIVATE) in message, message
     assert ("now points to another image than the one it runs" if fault == "moved" else "no longer exists") \
         in message, message
+    assert message.endswith("— nothing was changed"), message
+    # Refused by the pre-check: no backup taken, no step in the run's journal.
+    backups = tmp_path / "backups"
+    assert not list(backups.glob("*.dump")) and not list(backups.glob(".*")), list(backups.iterdir())
+    journals = sorted((backups / "journal").glob("*.json"))
+    assert journals and json.loads(journals[-1].read_text())["entries"] == [], journals
     assert report.get("downtime_s") is None, report  # the app never stopped
     assert app_state(lab) == app_before and lab.health()[0] == 200
     assert lab.env_file.read_bytes() == env_before
