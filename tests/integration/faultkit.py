@@ -196,6 +196,36 @@ class PathWatcher(_Watcher):
         return bool(self.seen)
 
 
+class DatabaseWatcher(_Watcher):
+    """Run `action()` once the lab instance `inst` has a database whose name is LIKE
+    `like` and which carries a comment (the mark a restore check sets as soon as it
+    has created its scratch database); the names seen are kept in `seen`. One
+    connection of its own to the server, polled every 5 ms."""
+
+    def __init__(self, inst, like, action, timeout=600):
+        import psycopg2  # the tests' venv has it, as the modules need it
+
+        address = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                         inst.db).stdout.split()[0]
+        self.conn = psycopg2.connect(host=address, user=inst.info["db_user"], dbname="postgres",
+                                     password=inst.info["db_password"], application_name="faultkit watcher")
+        self.conn.autocommit = True
+        self.like = like
+        self.seen = []
+        super().__init__(action, timeout)
+
+    def _ready(self):
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s "
+                        "AND shobj_description(oid, 'pg_database') IS NOT NULL", (self.like,))
+            self.seen = [row[0] for row in cur.fetchall()]
+        return bool(self.seen)
+
+    def close(self):
+        super().close()
+        self.conn.close()
+
+
 def descendants(pid):
     """Every process below `pid` (children, their children, ...), from /proc."""
     parents = {}
@@ -227,6 +257,13 @@ def kill_tree(pid):
             os.kill(each, signal.SIGKILL)
 
 
+def repoint(lab, source):
+    """The app (mounted env file) pointed at its data `source` and healthy on it."""
+    lab.set_env("DB_NAME", source)
+    docker("restart", "-t", "2", lab.app)
+    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
+
+
 def repointed_case(lab, work, source, **host_extra):
     """The lab instance reset to the incident state (mounted), the app then
     repointed at its data `source` and healthy, so that the switch is the
@@ -234,9 +271,7 @@ def repointed_case(lab, work, source, **host_extra):
     lab.reset("--mode", "mounted")
     (work / "migrations").mkdir()
     hosts = {"lab1": host_vars(lab.info, work, dbops_migrations_dir=str(work / "migrations"), **host_extra)}
-    lab.set_env("DB_NAME", source)
-    docker("restart", "-t", "2", lab.app)
-    assert wait_for(lambda: lab.health()[0] == 200, timeout=30), lab.health()
+    repoint(lab, source)
     return dict(inst=lab, work=work, backups=work / "backups",
                 inventory=write_inventory(work / "inventory.json", hosts))
 

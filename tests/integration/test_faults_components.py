@@ -4,15 +4,17 @@ The Docker Engine answering nothing but errors (an Engine API proxy in front
 of the real engine, given to the run as DOCKER_HOST: the real dockerd keeps
 serving everybody else), a backup directory that cannot be written, a backup
 volume too small: each consolidation must stop before the app is touched,
-in one line naming the problem, with everything as it was.
+in one line naming the problem, with everything as it was; so must a volume
+that another writer fills up while the backup is being dumped.
 """
 
+import errno
 import json
 import math
 import subprocess
 
 import pytest
-from faultkit import DockerFaultProxy, blocked_databases, snapshot
+from faultkit import DockerFaultProxy, PathWatcher, blocked_databases, repoint, snapshot
 from labkit import REPO, docker, host_vars, instance_name, run_playbook, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
@@ -54,7 +56,8 @@ def consolidate(lab, work, env=None, **extra):
     inv = write_inventory(work / "inventory.json", {"lab1": host_vars(
         lab.info, work, dbops_migrations_dir=str(work / "migrations"), **extra)})
     before = dict(env=lab.env_file.read_bytes(), rows=snapshot(lab, SOURCE), app=app_state(lab),
-                  databases=lab.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1"))
+                  databases=lab.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1"),
+                  health=lab.health())
     proc = run_playbook(PLAYBOOK, inv, env=env)
     return proc, proc.stdout + proc.stderr, before
 
@@ -65,6 +68,7 @@ def assert_nothing_changed(lab, work, before, backup_dir=None):
     assert app_state(lab) == before["app"]  # never stopped, restarted nor recreated
     assert lab.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1") == before["databases"]
     assert blocked_databases(lab) == []
+    assert lab.health() == before["health"]  # the same answer, from the same database
     backups = backup_dir or work / "backups"
     assert not list(backups.glob("*.dump")) and not list(backups.glob(".*partial*"))
 
@@ -102,4 +106,43 @@ def test_a_backup_volume_too_small_is_refused_before_the_dump(lab, tmp_path, mou
     assert "not enough free space in %s" % backups in out, out[-4000:]
     reports = sorted((tmp_path / "reports").glob("lab1-*.json"))
     assert reports and json.loads(reports[-1].read_text())["result"] == "failed"
+    assert_nothing_changed(lab, tmp_path, before, backups)
+
+
+def fill(directory):
+    """Another writer: fill the volume of `directory` to its last byte."""
+    with open(directory / "filler", "wb") as handle:
+        chunk = b"\0" * (1 << 20)
+        try:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_backup_volume_filled_up_during_the_dump_stops_the_run_before_the_app_stops(lab, tmp_path, mounts):
+    # Room for the database and 1 MiB of margin when the pre-check asks; once the dump's
+    # partial file appears, another writer takes every byte left. The app runs healthy on
+    # its data (repointed), so that the switch would be the run's only change.
+    repoint(lab, SOURCE)
+    size = int(lab.psql("postgres", "SELECT pg_database_size('%s')" % SOURCE)[0][0])
+    backups = mounts(tmp_path / "backups", "size=%dk,mode=0700" % ((size >> 10) + 4096))
+    watcher = PathWatcher(backups, ".%s-*.partial-*" % SOURCE, lambda: fill(backups))
+    try:
+        proc, out, before = consolidate(lab, tmp_path, dbops_backup_dir=str(backups),
+                                        dbops_backup_free_space_margin_mb=1)
+    finally:
+        watcher.close()
+    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    assert proc.returncode != 0, out[-4000:]
+    reports = sorted((tmp_path / "reports").glob("lab1-*.json"))
+    report = json.loads(reports[-1].read_text())
+    message = report["message"]
+    assert report["result"] == "failed" and "\n" not in message, message
+    assert "disk full while writing the backup in %s" % backups in message, message
+    assert "set dbops_backup_dir (backup_dir) to a volume with room" in message and message in out, message
+    assert report.get("downtime_s") is None, report  # the app never stopped
+    assert lab.health()[0] == 200 and lab.health()[1]["database"] == SOURCE
+    assert lab.info["db_password"] not in out
     assert_nothing_changed(lab, tmp_path, before, backups)
