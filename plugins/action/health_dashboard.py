@@ -17,6 +17,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.qadhya.dbops.plugins.plugin_utils import _dashboard as dash
+from ansible_collections.qadhya.dbops.plugins.plugin_utils._files import write_json
 
 ARGUMENT_SPEC = dict(
     report_dir=dict(type="path", required=True),
@@ -56,7 +57,7 @@ class ActionModule(ActionBase):
         removed = []
         if not self._task.check_mode:
             for record, target in zip(records, written, strict=True):
-                dash.write_json(target, record)
+                write_json(target, record)
             removed = dash.prune(history_dir, set(hosts), now, params["history_days"])
         history = dash.read_records(history_dir, set(hosts))
         for record in records if self._task.check_mode else []:
@@ -65,7 +66,7 @@ class ActionModule(ActionBase):
         views = [dash.host_view(h, history.get(h, []), drills.get(h), now) for h in hosts]
         page = dash.render(env, views, now)
         if not self._task.check_mode:
-            dash.write_json(path, page)
+            write_json(path, page)
 
         # Run records on the controller, not managed state: changed stays false.
         result.update(

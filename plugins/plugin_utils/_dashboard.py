@@ -17,7 +17,6 @@ import html
 import json
 import os
 import re
-import tempfile
 from datetime import UTC, datetime, timedelta
 
 ORDER = ("ok", "unknown", "warning", "critical")
@@ -71,23 +70,6 @@ def mib(size):
 
 def history_path(history_dir, record):
     return os.path.join(history_dir, "%s-%s.json" % (record["host"], stamp(record.get("started_at"))))
-
-
-def write_json(path, data, mode=0o640):
-    """Write `data` as JSON to `path` through a temp file and a rename: never half a record."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data if isinstance(data, str) else json.dumps(data, indent=2, sort_keys=True,
-                                                                       ensure_ascii=False) + "\n")
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_records(directory, hosts=None):

@@ -119,7 +119,8 @@ def test_the_poller_samples_an_outage_whose_requests_hang(bench):
             time.sleep(0.3)
     finally:
         server.shutdown()
-    inside = [code for t, code in poller.samples if started < t < ended]
-    # A poller waiting on one request at a time would start one, maybe two, in those 0.4 s.
-    assert len(inside) >= 4 and set(inside) == {None}, inside
+    # The last 0.1 s left out: a request started then can be answered after the outage.
+    inside = [code for t, code in poller.samples if started < t < ended - 0.1]
+    # A poller waiting on one request at a time would start one, maybe two, in those 0.3 s.
+    assert len(inside) >= 3 and set(inside) == {None}, inside
     assert poller.last_outage() is not None and poller.last_outage() >= 0.35, poller.samples

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from ansible_collections.qadhya.dbops.plugins.plugin_utils import _dashboard as dash
+from ansible_collections.qadhya.dbops.plugins.plugin_utils._files import write_json
 
 NOW = datetime(2026, 2, 11, 12, 0, tzinfo=UTC)
 
@@ -26,9 +27,9 @@ def record(host, hours_ago, result="ok", rows=100, checks=None, **extra):
 def test_history_is_written_read_back_by_host_and_pruned(tmp_path):
     for hours in (24 * 100, 48, 1):
         r = record("db1", hours)
-        dash.write_json(dash.history_path(str(tmp_path), r), r)
+        write_json(dash.history_path(str(tmp_path), r), r)
     old = record("db2", 24 * 200)
-    dash.write_json(dash.history_path(str(tmp_path), old), old)
+    write_json(dash.history_path(str(tmp_path), old), old)
     (tmp_path / "db1-latest.json").write_text("{}")
     (tmp_path / "db1-20260101T000000.json.tmp").write_text("x")
     history = dash.read_records(str(tmp_path), {"db1", "db2"})
@@ -69,9 +70,9 @@ def test_a_failed_or_late_drill_is_a_problem_and_its_recovery_time_is_shown(tmp_
               "recovery_seconds": 42, "data_age_seconds": 3600, "tables_checked": 6,
               "backup": {"key": "prod/qadhya-20260210T020000Z.dump", "sha256": "ab"},
               "started_at": (NOW - timedelta(days=1)).isoformat()}
-    dash.write_json(str(tmp_path / "db1-20260210T120000Z.json"), failed)
+    write_json(str(tmp_path / "db1-20260210T120000Z.json"), failed)
     older = dict(failed, status="ok", started_at=(NOW - timedelta(days=9)).isoformat())
-    dash.write_json(str(tmp_path / "db1-20260202T120000Z.json"), older)
+    write_json(str(tmp_path / "db1-20260202T120000Z.json"), older)
     drill = dash.newest_drills(str(tmp_path), {"db1"})["db1"]
     assert drill["status"] == "failed"
     view = dash.host_view("db1", [record("db1", 1)], drill, NOW)
