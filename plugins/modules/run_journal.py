@@ -16,11 +16,16 @@ description:
     M(qadhya.dbops.app_container), M(qadhya.dbops.db_rename), M(qadhya.dbops.db_migrate)) append an
     entry to it just before each change, so a rollback, or a rerun after a crash, knows exactly what
     the run changed.
-  - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal. A lock held
-    by a live run makes the module fail at once, naming that run; a lock left by a run that died
-    (O(holder_dead=true), judged by the caller from V(status)) is taken over, and the dead run's
-    journal is returned as RV(interrupted) so that it can be undone first; the partial backup files
-    the dead run left in O(sweep_dir) (those no process has open) are removed (RV(swept)).
+  - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal. Every playbook
+    that reads or changes the app's database takes it (consolidate, rollback, backup, migrate), so two
+    of them never run on one host at once. A lock held by a live run makes the module fail at once,
+    naming that run (playbook, run id, since when, controller pid and host) and the fix; a lock left
+    by a run that died (O(controller_pids), or O(holder_dead=true)) is taken over. When the dead run
+    kept a journal to undo (a consolidation, a rollback), that journal is returned as RV(interrupted)
+    so that it can be undone first - or, with O(undo_interrupted=false), the module fails naming that
+    run and the playbooks that finish or undo it. A dead run with nothing to undo (O(undoable=false),
+    a backup, a migration) has its journal closed V(failed) and nothing else. Either way the partial
+    backup files the dead run left in O(sweep_dir) (those no process has open) are removed (RV(swept)).
   - V(status) reads the lock and the newest journal, changing nothing.
   - V(append) adds one entry (for example a checkpoint) to the journal of O(run_id).
   - V(close) sets the journal's final state and releases the lock if O(run_id) holds it.
@@ -60,6 +65,34 @@ options:
     description: With V(open), take over a lock whose holder the caller found dead.
     type: bool
     default: false
+  controller_pids:
+    description:
+      - With V(open), the process ids alive on the controller now (C(ps -A -o pid=) run there). A lock
+        held from the same controller host (O(controller)'s C(host)) by a pid not among them was left
+        by a run that died, and is taken over as with O(holder_dead=true). A lock held from another
+        controller is never judged dead.
+      - Lets one task both judge the holder and take the lock, with no V(status) before it.
+    type: list
+    elements: str
+    version_added: 0.3.0
+  undoable:
+    description:
+      - With V(open), whether this run's journal is one to undo after a crash. V(false) for a run that
+        changes nothing a journal could undo (a backup writes a new file; migrations apply each in its
+        own transaction); a lock it leaves when it dies is taken over with nothing to undo.
+    type: bool
+    default: true
+    version_added: 0.3.0
+  undo_interrupted:
+    description:
+      - With V(open) taking over a dead run's lock, whether this run may undo that run's journal
+        (returned as RV(interrupted)). V(false) makes the module fail instead, naming the interrupted
+        run and the fix (C(consolidate.yml) to finish it, C(rollback.yml) to undo it), since a scheduled
+        backup must not roll back a switch on its own. A dead run with nothing to undo is taken over
+        either way.
+    type: bool
+    default: true
+    version_added: 0.3.0
   sweep_dir:
     description:
       - With V(open) taking over a dead run's lock, the directory where that run may have left a
@@ -121,7 +154,9 @@ lock:
   returned: always
   type: dict
 interrupted:
-  description: With V(open) after a dead run, that run's journal (empty when there was none).
+  description:
+    - With V(open) after a dead run, that run's journal to undo (empty when there was none, or when
+      that run had nothing to undo).
   returned: when action is open
   type: dict
 swept:
@@ -198,12 +233,35 @@ class RunJournal:
                 return document
         return {}
 
-    @staticmethod
-    def describe(lock):
+    def journal_of(self, lock):
+        """The journal of the run holding `lock`, or {} when it cannot be read."""
+        with contextlib.suppress(JournalError):
+            return read_journal(self.path_of(lock.get("run_id")))
+        return {}
+
+    def describe(self, lock, journal=None):
         controller = lock.get("controller") or {}
-        return "run %s started %s by pid %s on %s" % (
-            lock.get("run_id", "?"), lock.get("started_at", "?"), controller.get("pid", "?"),
-            controller.get("host", "?"))
+        # A lock written before 0.3.0 does not name its playbook: its journal does.
+        playbook = lock.get("playbook") or (journal if journal is not None else self.journal_of(lock)).get(
+            "playbook")
+        return "run %s%s started %s by pid %s on %s" % (
+            lock.get("run_id", "?"), " of %s.yml" % playbook if playbook else "", lock.get("started_at", "?"),
+            controller.get("pid", "?"), controller.get("host", "?"))
+
+    def holder_is_dead(self, lock):
+        if self.params["holder_dead"]:
+            return True
+        pids = self.params.get("controller_pids")
+        holder = lock.get("controller") or {}
+        pid = str(holder.get("pid") or "").strip()
+        if pids is None or not pid or not holder.get("host"):
+            return False
+        # The pid is judged only on the controller that noted it: another machine's pids say nothing.
+        return holder["host"] == (self.params["controller"] or {}).get("host") and \
+            pid not in {str(p).strip() for p in pids}
+
+    def rerun(self):
+        return "rerun %s.yml" % self.params["playbook"] if self.params.get("playbook") else "rerun"
 
     # -- actions -----------------------------------------------------------
 
@@ -213,11 +271,19 @@ class RunJournal:
     def open(self):
         params = self.params
         held = self.lock()
-        if held and not params["holder_dead"]:
+        if held and not self.holder_is_dead(held):
             raise JournalError(
-                "another run of qadhya.dbops is in progress on this host (%s); wait for it to finish — "
-                "if it died, rerun from the same controller, or check and remove %s"
-                % (self.describe(held), self.lock_path))
+                "another run of qadhya.dbops is in progress on this host (%s); wait for it to finish, "
+                "then %s — if it died, rerun from the same controller, or check and remove %s"
+                % (self.describe(held), self.rerun(), self.lock_path))
+        previous = self.journal_of(held) if held else {}
+        if previous.get("state") != "running":
+            previous = {}
+        if previous.get("undoable", True) and previous and not params.get("undo_interrupted", True):
+            raise JournalError(
+                "%s was interrupted (its ansible-playbook is gone) and its changes are not undone: finish it "
+                "with consolidate.yml or undo it with rollback.yml, then %s; this run changed nothing"
+                % (self.describe(held, previous), self.rerun()))
         stamp = utc_now()[:19].replace("-", "").replace(":", "")
         run_id = params.get("run_id") or "%s-%s" % (stamp, secrets.token_hex(2))
         path = self.path_of(run_id)
@@ -226,15 +292,10 @@ class RunJournal:
         document = dict(
             version=JOURNAL_VERSION, run_id=run_id, host=params.get("host") or "",
             playbook=params.get("playbook") or "", started_at=utc_now(), state="running",
-            controller=controller, meta=params["meta"] or {}, entries=[],
+            undoable=params.get("undoable", True), controller=controller, meta=params["meta"] or {},
+            entries=[],
         )
-        interrupted = {}
-        if held:
-            previous = held.get("run_id")
-            with contextlib.suppress(JournalError):
-                old = read_journal(self.path_of(previous))
-                if old.get("state") == "running":
-                    interrupted = old
+        interrupted = previous if previous.get("undoable", True) else {}
         # A dead run's partial backup: never a backup, only a file in the way of the free space.
         orphans = orphan_partials(params.get("sweep_dir") or os.path.dirname(os.path.abspath(self.dir))) \
             if held else []
@@ -247,12 +308,18 @@ class RunJournal:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(orphan)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        lock = dict(run_id=run_id, controller=controller, started_at=document["started_at"], journal=path)
+        lock = dict(run_id=run_id, playbook=document["playbook"], controller=controller,
+                    started_at=document["started_at"], journal=path)
         if held:
             write_json_atomic(self.lock_path, lock)
+            # Nothing of a dead run with nothing to undo stays "running": it is over, and failed.
+            if previous and not interrupted:
+                previous.update(state="failed", finished_at=utc_now(), taken_over_by=run_id)
+                write_json_atomic(self.path_of(previous["run_id"]), previous)
         elif not create_exclusive(self.lock_path, lock):
             raise JournalError("another run of qadhya.dbops took the run lock on this host at this very "
-                               "moment (%s); wait for it to finish" % self.describe(self.lock()))
+                               "moment (%s); wait for it to finish, then %s"
+                               % (self.describe(self.lock()), self.rerun()))
         write_json_atomic(path, document)
         return result
 
@@ -302,6 +369,9 @@ def main():
             meta=dict(type="dict", default={}),
             controller=dict(type="dict", default={}),
             holder_dead=dict(type="bool", default=False),
+            controller_pids=dict(type="list", elements="str"),
+            undoable=dict(type="bool", default=True),
+            undo_interrupted=dict(type="bool", default=True),
             sweep_dir=dict(type="path"),
             entry=dict(type="dict"),
             state=dict(type="str", choices=STATES),
