@@ -107,6 +107,43 @@ def scratch_name(database):
     return "dbops_verify_%s_%s" % (dbish, secrets.token_hex(4))
 
 
+SCRATCH_NAME = re.compile(r"^dbops_verify_[a-z0-9_]*_[0-9a-f]{8}$")
+# Set on a scratch database as soon as it is created: who may still be restoring into it.
+SCRATCH_MARK = "qadhya.dbops restore check: pid %d on %s"
+SCRATCH_MARK_RE = re.compile(r"^qadhya\.dbops restore check: pid ([0-9]+) on (\S+)$")
+SCRATCH_SQL = (
+    "SELECT d.datname, (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datname = d.datname), "
+    "pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d "
+    "WHERE d.datname LIKE 'dbops\\_verify\\_%' ORDER BY 1"
+)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        pass
+    return True
+
+
+def orphaned_scratch(rows, hostname, alive=pid_alive):
+    """Names among `rows` ((name, sessions, comment) of pg_database) that a restore check killed
+    halfway left behind: named by our pattern only, no session on it, and the process its mark
+    names gone from this host (or no mark: killed between its CREATE and its COMMENT). A mark of
+    another host cannot be judged from here: kept."""
+    orphans = []
+    for name, sessions, comment in rows:
+        if not SCRATCH_NAME.match(name or "") or int(sessions or 0) > 0:
+            continue
+        mark = SCRATCH_MARK_RE.match(comment or "")
+        if mark and (mark.group(2) != hostname or alive(int(mark.group(1)))):
+            continue
+        orphans.append(name)
+    return orphans
+
+
 def database_exists(cur, name):
     cur.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,))
     return cur.fetchone() is not None
@@ -197,6 +234,26 @@ class BackupRunner:
         return Connector(self.p, self.host(), application_name="qadhya.dbops backup",
                          error=BackupError, lock_timeout=self.p.get("lock_wait_timeout")).open(dbname)
 
+    def drop_orphaned_scratch(self, conn):
+        """Drop the scratch databases restore checks killed halfway left (orphaned_scratch); the
+        names in the result. A plain DROP (no FORCE): a session that came since keeps its database."""
+        with conn.cursor() as cur:
+            cur.execute(SCRATCH_SQL)
+            orphans = orphaned_scratch(cur.fetchall(), socket.gethostname())
+        dropped = self.result.setdefault("scratch_orphans_dropped", [])
+        for name in orphans:
+            if not self.check_mode:
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident(name)))
+                except PG_ERRORS as exc:
+                    self.module.warn("left the scratch database %r: %s" % (name, first_line(exc)))
+                    continue
+            dropped.append(name)
+        if dropped:
+            self.result["changed"] = True
+        return dropped
+
     def prefix(self, database):
         if self.p.get("name_prefix"):
             return validate_prefix(self.p["name_prefix"])
@@ -235,6 +292,7 @@ class BackupRunner:
         conn = self.connect(database)
         self.progress = Progress(None if self.check_mode else p.get("progress_file"), database)
         try:
+            self.drop_orphaned_scratch(conn)
             return self._create(conn, database, fmt, level, prefix, dest)
         finally:
             self.progress.remove()
@@ -495,6 +553,9 @@ class BackupRunner:
             with admin.cursor() as cur:
                 create_database(cur, scratch, manifest.get("encoding"))
             try:
+                with admin.cursor() as cur:
+                    cur.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        ident(scratch), sql.Literal(SCRATCH_MARK % (os.getpid(), socket.gethostname()))))
                 self.tools.restore(path, manifest["format"], scratch)
                 diffs, actual, _sums, compared = self._compare(manifest, scratch)
             finally:
@@ -532,6 +593,12 @@ class BackupRunner:
     def verify(self):
         path, manifest = self._load(self.p["path"])
         res = self.result
+        if self.p["verify"] == "restore":
+            admin = self.connect(self.p["maintenance_db"])
+            try:
+                self.drop_orphaned_scratch(admin)
+            finally:
+                admin.close()
         res.update(path=path, manifest_path=manifest_path(path), format=manifest["format"],
                    database=manifest.get("database"), for_database=served_database(manifest),
                    purpose=manifest.get("purpose") or "unknown", bytes=manifest["bytes"],
@@ -658,6 +725,18 @@ class BackupRunner:
             res.setdefault("ignored", []).extend(os.path.join(directory, n) for n in ignored)
         if res["deleted"]:
             res["changed"] = True
+
+    def clean(self):
+        """action=clean: only the orphaned scratch databases (after a crash, say)."""
+        admin = self.connect(self.p["maintenance_db"])
+        try:
+            dropped = self.drop_orphaned_scratch(admin)
+        finally:
+            admin.close()
+        self.result["msg"] = ("%s %d orphaned scratch database(s)%s" % (
+            "would drop" if self.check_mode else "dropped", len(dropped),
+            (": " + ", ".join(dropped)) if dropped else ""))
+        return self.result
 
     def prune(self):
         p = self.p

@@ -23,6 +23,11 @@ description:
     C(<backup>.manifest.json) next to the backup. The manifest never holds a password.
   - The new backup is then verified at level O(verify), optionally copied to
     O(copy_to), and old backups are pruned when O(prune=true).
+  - A restore check killed halfway (the module's process gone - a crash, a reboot) leaves its scratch
+    database behind. V(create), V(verify) with O(verify=restore) and V(clean) drop every such
+    orphan first (RV(scratch_orphans_dropped)) - named by the scratch pattern only, no session
+    on it, and its mark (C(COMMENT ON DATABASE), set as soon as it is created) naming a process
+    of this host that is gone; a scratch database marked by another host is kept.
   - V(verify) checks an existing backup against its manifest, V(restore)
     restores one into a new or empty database and compares every table's row
     count and content checksum with the manifest (row counts only for a manifest
@@ -41,8 +46,10 @@ options:
     description:
       - V(create) a new backup, V(verify) an existing one (O(path)), V(restore)
         one into O(restore_target), or V(prune) old backups in O(dest_dir).
+      - V(clean) only drops the scratch databases restore checks killed halfway left (see above);
+        the recovery after a crashed run calls it.
     type: str
-    choices: [create, verify, restore, prune]
+    choices: [create, verify, restore, prune, clean]
     default: create
   database:
     description:
@@ -396,6 +403,14 @@ kept:
   returned: always
   type: list
   elements: str
+scratch_orphans_dropped:
+  description:
+    - Scratch databases of restore checks killed halfway, dropped (would be dropped, in check mode)
+      before the action's own work.
+  returned: with O(action=create), O(action=clean), and O(action=verify) with O(verify=restore)
+  type: list
+  elements: str
+  sample: ["dbops_verify_moncabinet_1a2b3c4d"]
 ignored:
   description:
     - Files that look like backups of this prefix but have no valid manifest of
@@ -426,7 +441,7 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
 def argument_spec():
     spec = connection_argument_spec()
     spec.update(
-        action=dict(type="str", choices=["create", "verify", "restore", "prune"], default="create"),
+        action=dict(type="str", choices=["create", "verify", "restore", "prune", "clean"], default="create"),
         database=dict(type="str"),
         for_database=dict(type="str"),
         purpose=dict(type="str", default="manual", choices=list(PURPOSES)),

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import JournalWatcher, PathWatcher, blocked_databases, kill_tree, repointed_case, snapshot
+from faultkit import (
+    DatabaseWatcher,
+    JournalWatcher,
+    PathWatcher,
+    blocked_databases,
+    kill_tree,
+    repointed_case,
+    snapshot,
+)
 from labkit import REPO, docker, instance_name, run_playbook
 
 pytestmark = pytest.mark.integration
@@ -151,4 +159,27 @@ def test_a_crash_as_the_verification_starts_then_rollback_yml_puts_it_back(case)
     assert inst.env_file.read_bytes() == env_before and databases(inst) == names
     assert snapshot(inst, SOURCE) == rows_before
     assert snapshot(inst, TARGET) == target_before  # the emptied target restored from its backup
+    assert_no_stray_state(case)
+
+
+def test_a_restore_check_killed_halfway_leaves_no_scratch_database_after_the_rerun(module_lab, tmp_path):
+    # The verification by restore dies with its process (a power cut): its scratch
+    # database stays, empty, marked with a pid that no longer exists. The rerun's backup
+    # drops it (nobody is connected, its process is gone) before taking its own.
+    case = repointed_case(module_lab, tmp_path, SOURCE, dbops_health_timeout=15,
+                          dbops_backup_verify="restore")
+    inst = case["inst"]
+    rows_before = snapshot(inst, SOURCE)
+    # The strike lands as soon as the scratch database is marked, early in its restore.
+    watcher = crash(case, lambda kill: DatabaseWatcher(inst, "dbops\\_verify\\_%", kill), whole_tree=True)
+    left = [row[0] for row in inst.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE "
+                                                    "'dbops\\_verify\\_%'")]
+    assert left and left == watcher.seen, (left, watcher.seen)  # the orphan the crash left
+    proc, report = run(case, CONSOLIDATE)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    status, body = inst.health()
+    assert status == 200 and body["database"] == TARGET, (status, body)
+    assert snapshot(inst, TARGET) == rows_before
+    assert databases(inst) == ["postgres", TARGET]  # no scratch database left
     assert_no_stray_state(case)

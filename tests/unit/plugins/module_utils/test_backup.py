@@ -91,6 +91,28 @@ def test_scratch_name_is_short_fresh_and_plain():
     assert bk.scratch_name("!!!").startswith("dbops_verify_db_")
 
 
+def test_only_our_unused_scratch_databases_whose_process_is_gone_are_orphans():
+    alive = {101}.__contains__
+    ours = bk.scratch_name("moncabinet")
+    rows = [
+        (ours, 0, bk.SCRATCH_MARK % (202, "vps-1")),          # its process is gone: orphan
+        (bk.scratch_name("a"), 0, None),                        # killed before its mark: orphan
+        (bk.scratch_name("b"), 0, bk.SCRATCH_MARK % (101, "vps-1")),  # still restoring
+        (bk.scratch_name("c"), 1, bk.SCRATCH_MARK % (202, "vps-1")),  # a session on it
+        (bk.scratch_name("d"), 0, bk.SCRATCH_MARK % (202, "vps-2")),  # another host's: cannot tell
+        ("dbops_verify_moncabinet", 0, None),                   # not our pattern
+        ("dbops_verify_x_1234567", 0, None),
+        ("moncabinet", 0, None),
+    ]
+    assert bk.orphaned_scratch(rows, "vps-1", alive) == [ours, rows[1][0]]
+    assert all(bk.SCRATCH_NAME.match(bk.scratch_name(n)) for n in ("x", "Très long " * 9, "!!!"))
+
+
+def test_pid_alive_tells_a_gone_process():
+    assert bk.pid_alive(os.getpid())
+    assert not bk.pid_alive(2 ** 22 + 12345)
+
+
 def test_conninfo_dbname_quotes_everything():
     assert bp.conninfo_dbname("moncabinet") == "dbname='moncabinet'"
     assert bp.conninfo_dbname("it's a \\ test") == "dbname='it\\'s a \\\\ test'"
