@@ -2,6 +2,7 @@
 in the pre-check, and a refused run leaves no backup, no restart, no journal
 entry beyond its own record, and the lab exactly as it was."""
 
+import contextlib
 import json
 import subprocess
 
@@ -28,13 +29,15 @@ def state(inst):
                 databases=sorted(r[0] for r in inst.psql("postgres", "SELECT datname FROM pg_database")))
 
 
-def refused(case, expect, **overrides):
-    """Run consolidate.yml with `overrides`; assert one line naming `expect`,
-    and that nothing changed: no backup, the app not restarted, same data."""
+def refused(case, expect, fault=contextlib.nullcontext, **overrides):
+    """Run consolidate.yml with `overrides` while `fault()` (a context manager)
+    holds; assert one line naming `expect`, and that, the fault healed, nothing
+    changed: no backup, the app not restarted, same data."""
     inst, work = case["inst"], case["work"]
     before = state(inst)
     inventory = write_inventory(work / "inventory.json", {"lab1": host_vars(inst.info, work, **overrides)})
-    proc = run_playbook(case.get("playbook", "playbooks/consolidate.yml"), inventory)
+    with fault():
+        proc = run_playbook(case.get("playbook", "playbooks/consolidate.yml"), inventory)
     assert proc.returncode != 0
     reports = sorted((work / "reports").glob("lab1-*.json"))
     message = json.loads(reports[-1].read_text())["message"] if reports else proc.stdout
@@ -52,25 +55,44 @@ def test_a_target_name_longer_than_postgres_allows(case):
 
 
 def test_a_missing_app_container(case):
-    message = refused(case, "app container qadhya-itpre-gone does not exist",
-                      dbops_app_container="qadhya-itpre-gone")
-    assert "nothing was changed" in message
+    message = refused(case, "app container qadhya-itpre-gone does not exist; fix dbops_app_container and "
+                            "rerun — nothing was changed", dbops_app_container="qadhya-itpre-gone")
+    assert "\n" not in message, message
+
+
+@contextlib.contextmanager
+def stopped(inst, container):
+    docker("stop", "-t", "5", container)
+    try:
+        yield
+    finally:
+        docker("start", container)
+        wait_for(lambda: docker("exec", inst.db, "pg_isready", "-q", check=False).returncode == 0, timeout=60)
+
+
+@contextlib.contextmanager
+def paused(container):
+    docker("pause", container)
+    try:
+        yield
+    finally:
+        docker("unpause", container)
 
 
 def test_a_stopped_database_container_is_named(case):
+    # The first to reach it, detect_db, names it.
     inst = case["inst"]
-    docker("stop", inst.db)
-    try:
-        inventory = write_inventory(case["work"] / "inventory.json",
-                                    {"lab1": host_vars(inst.info, case["work"])})
-        proc = run_playbook("playbooks/consolidate.yml", inventory)
-        assert proc.returncode != 0
-        report = json.loads(sorted((case["work"] / "reports").glob("lab1-*.json"))[-1].read_text())
-        assert report["result"] == "failed" and inst.db in report["message"], report["message"]
-        assert not list((case["work"] / "backups").glob("*.dump"))
-    finally:
-        docker("start", inst.db)
-        wait_for(lambda: docker("exec", inst.db, "pg_isready", "-q", check=False).returncode == 0, timeout=60)
+    message = refused(case, "container '%s' is not running; start it first" % inst.db,
+                      fault=lambda: stopped(inst, inst.db))
+    assert "\n" not in message, message
+
+
+def test_a_paused_app_container_is_refused_naming_the_fix(case):
+    # Frozen, it answers nobody: its health probe would time out and its stop wait on it.
+    inst = case["inst"]
+    message = refused(case, "app container %s is paused; unpause it (docker unpause %s) and rerun — nothing "
+                            "was changed" % (inst.app, inst.app), fault=lambda: paused(inst.app))
+    assert "\n" not in message, message
 
 
 def test_the_env_files_own_password_is_wrong_while_the_vault_is_right(case):
