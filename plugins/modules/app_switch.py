@@ -122,6 +122,15 @@ options:
         the sessions holding it.
     type: float
     default: 5
+  verify:
+    description:
+      - Once the app is back (and Docker healthy), count and checksum every table of O(target) again, one
+        scan each in one snapshot, with the app serving; journaled as a C(verify) entry beside the last
+        word taken before the rename, and returned as RV(verified).
+      - The proof that the app runs on the data it had; the caller judges it (a table of the last word
+        missing is a loss; rows changed since are the app's own writes).
+    type: bool
+    default: true
 extends_documentation_fragment:
   - qadhya.dbops.app
   - qadhya.dbops.connection
@@ -195,6 +204,19 @@ proof:
     row_counts: {"knowledge_base": 580}
     checksums: {"knowledge_base": "580:-123456"}
     oid: 16390
+verified:
+  description:
+    - The C(verify) entry journaled after the window (O(verify)) - C(oid), C(counts_before) and
+      C(checksums_before) (the last word, as in RV(proof)), C(counts_after) and C(checksums_after) (every
+      table of O(target) once the app is back).
+  returned: when the rename ran and O(verify=true)
+  type: dict
+  sample:
+    oid: 16390
+    counts_before: {"knowledge_base": 580}
+    counts_after: {"knowledge_base": 581}
+    checksums_before: {"knowledge_base": "580:-123456"}
+    checksums_after: {"knowledge_base": "581:-123999"}
 planned:
   description: The steps of the switch, in order, as a real run takes them (what check mode lists).
   returned: always
@@ -281,6 +303,7 @@ def argument_spec():
         target_backup=dict(type="path"),
         terminate_timeout=dict(type="float", default=10.0),
         lock_wait_timeout=dict(type="float", default=5.0),
+        verify=dict(type="bool", default=True),
         **ct.container_argument_spec()
     )
     spec.update(journal_argument_spec())
@@ -453,7 +476,19 @@ class Switch:
         # -- after the window: Docker's own health, still before the caller's success ------------
         self._step("Docker health", starter.wait_docker_health)
         self._mark("docker_healthy")
+        if params["verify"] and "proof" in self.result:
+            self._verify(self.result["proof"])
         return self.result
+
+    def _verify(self, proof):
+        """The count after, by the same definition as the last word, journaled before it is judged."""
+        after = self._step("Verify", lambda: self.counter.last_word(self.params["target"]))
+        entry = dict(oid=proof["oid"], counts_before=proof["row_counts"], checksums_before=proof["checksums"],
+                     counts_after={table: value["rows"] for table, value in after.items()},
+                     checksums_after={table: value["checksum"] for table, value in after.items()})
+        self.journal("verify", **entry)
+        self.result["verified"] = entry
+        self._mark("verified")
 
 
 def main():
