@@ -16,14 +16,14 @@ description:
     M(qadhya.dbops.app_container), M(qadhya.dbops.db_rename), M(qadhya.dbops.db_migrate)) append an
     entry to it just before each change, so a rollback, or a rerun after a crash, knows exactly what
     the run changed.
-  - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal. Every playbook
-    that reads or changes the app's database takes it (consolidate, rollback, backup, migrate), so two
-    of them never run on one host at once. A lock held by a live run makes the module fail at once,
-    naming that run (playbook, run id, since when, controller pid and host) and the fix; a lock left
-    by a run that died (O(controller_pids), or O(holder_dead=true)) is taken over. When the dead run
-    kept a journal to undo (a consolidation, a rollback), that journal is returned as RV(interrupted)
-    so that it can be undone first - or, with O(undo_interrupted=false), the module fails naming that
-    run and the playbooks that finish or undo it. A dead run with nothing to undo (O(undoable=false),
+  - V(open) takes the host's run lock (C(run.lock) in O(dir)) and creates the journal.
+    consolidate.yml, rollback.yml, backup.yml and migrate.yml take it, so no two of them run on one
+    host at once. A lock held by a live run makes the module fail at once, naming that run (playbook,
+    run id, since when, controller pid and host) and the fix; a lock left by a run that died
+    (O(controller_pids), or O(holder_dead=true)) is taken over. When the dead run kept a journal to
+    undo (a consolidation, a rollback), that journal is returned as RV(interrupted) so that it can be
+    undone first - or, with O(undo_interrupted=false), the module fails naming that run and the
+    playbooks that finish or undo it. A dead run with nothing to undo (O(undoable=false),
     a backup, a migration) has its journal closed V(failed) and nothing else. Either way the partial
     backup files the dead run left in O(sweep_dir) (those no process has open) are removed (RV(swept)).
   - V(status) reads the lock and the newest journal, changing nothing.
