@@ -238,6 +238,31 @@ def test_a_write_after_the_rename_is_named_and_kept_not_rolled_back(case):
     assert blocked_databases(inst) == []
 
 
+def test_a_table_gone_after_the_start_is_a_loss_and_rolls_the_switch_back(case):
+    # The check after the window judges what app_switch counted once the app
+    # was back: a table of the last word missing then is a loss, never the
+    # app's own writes, so the switch is undone (the app back on the old
+    # name, healthy) and the one line names the table.
+    inst = case["inst"]
+    repoint_first(inst)
+    inst.psql(SOURCE, "CREATE TABLE scratch_notes (id int)")
+    rows_before = snapshot(inst, SOURCE)
+    watcher = JournalWatcher(case["work"] / "backups" / "journal", "app_start",
+                             lambda: inst.psql("qadhya", "DROP TABLE scratch_notes"))
+    try:
+        proc, report = consolidate(case)
+    finally:
+        watcher.close()
+    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    assert proc.returncode != 0 and report["result"] == "rolled_back", report["message"]
+    assert "tables missing after the switch: scratch_notes" in report["message"], report["message"]
+    status, body = inst.health()
+    assert status == 200 and body["database"] == SOURCE, (status, body)
+    rows_before.pop("public.scratch_notes")
+    assert snapshot(inst, SOURCE) == rows_before
+    assert blocked_databases(inst) == []
+
+
 ROLLBACK = REPO / "playbooks" / "rollback.yml"
 
 
