@@ -26,7 +26,7 @@ from faultkit import (
     repointed_case,
     snapshot,
 )
-from labkit import REPO, docker, instance_name, run_playbook
+from labkit import REPO, docker, instance_name, run_module, run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +175,10 @@ def test_a_restore_check_killed_halfway_leaves_no_scratch_database_after_the_rer
     left = [row[0] for row in inst.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE "
                                                     "'dbops\\_verify\\_%'")]
     assert left and left == watcher.seen, (left, watcher.seen)  # the orphan the crash left
+    # What the recovery after a crash would drop, asked in check mode: that one only, still there.
+    result, _out = run_module("db_backup", inst.login_args(action="clean"), check=True)
+    assert not result["failed"] and result["scratch_orphans_dropped"] == left, result
+    assert [n for n in databases(inst) if n.startswith("dbops_verify_")] == left
     proc, report = run(case, CONSOLIDATE)
     assert proc.returncode == 0 and report["result"] == "success", report["message"]
     assert "was interrupted" in report.get("recovered", ""), report
