@@ -254,9 +254,9 @@ def test_a_backup_after_a_killed_consolidation_refuses_to_undo_it_then_rollback_
     assert_nothing_left_running(case)
 
 
-def test_a_lock_left_by_a_killed_backup_is_taken_over_by_a_consolidation_with_nothing_to_undo(case):
+def test_a_killed_backups_lock_is_taken_over_with_nothing_to_undo_and_rollback_skips_later_backups(case):
     inst = case["inst"]
-    rows = snapshot(inst, SOURCE)
+    rows, env_before = snapshot(inst, SOURCE), inst.env_file.read_bytes()
     with table_held(inst):
         backup = start(case, "backup")
         assert wait_for(lambda: waiting_on_the_table(inst), timeout=90), finish(backup)
@@ -277,4 +277,16 @@ def test_a_lock_left_by_a_killed_backup_is_taken_over_by_a_consolidation_with_no
     (consolidated,) = [run_id for run_id, doc in runs.items() if doc["playbook"] == "consolidate"]
     assert runs[consolidated]["state"] == "success"
     assert runs[dead["run_id"]]["state"] == "failed" and runs[dead["run_id"]]["taken_over_by"] == consolidated
+
+    # A backup after it keeps the newest journal; rollback.yml still undoes the consolidation.
+    assert run_playbook(PLAYBOOKS / "backup.yml", case["inventory"]).returncode == 0
+    rollback = run_playbook(PLAYBOOKS / "rollback.yml", case["inventory"])
+    undone = report(case)
+    assert rollback.returncode == 0 and undone["result"] == "rolled_back", undone["message"]
+    assert inst.health()[0] == 200 and inst.health()[1]["database"] == SOURCE
+    assert inst.env_file.read_bytes() == env_before and snapshot(inst, SOURCE) == rows
+    runs = journals(case)
+    assert runs[consolidated]["state"] == "undone"
+    backups = sorted(doc["state"] for doc in runs.values() if doc["playbook"] == "backup")
+    assert backups == ["failed", "success"], runs
     assert_nothing_left_running(case)
