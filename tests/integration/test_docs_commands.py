@@ -146,6 +146,14 @@ KEY_LINES = {
         "0 6 * * * root cd <checkout> && <checkout>/.venv/bin/ansible-playbook"
         " <checkout>/playbooks/check.yml -i",
     ],
+    ("docs/playbooks/migrate.md", "ansible-playbook playbooks/migrate.yml -i inventory/lab --check", 1): [
+        "lab-default planned moncabinet", "'    would apply: 20260213_kb_validation_gamification.sql'"],
+    ("docs/playbooks/migrate.md", "ansible-playbook playbooks/migrate.yml -i inventory/lab", 1): [
+        "lab-default success moncabinet", "'    applied: 20260213_kb_validation_gamification.sql'"],
+    ("docs/playbooks/migrate.md", "ansible-playbook playbooks/migrate.yml -i inventory/lab", 2): [
+        "lab-default unchanged moncabinet", "'    none pending (1 applied before)'"],
+    ("docs/playbooks/backup.md", "ansible-playbook playbooks/backup.yml -i inventory/lab", 1): [
+        "lab-default success moncabinet 591", "'    retention: deleted 0, kept 2'"],
     ("docs/execution-environment.md", "make build", 1): [".cache/dist/qadhya-dbops-0.1.0.tar.gz"],
     ("docs/lab.md", "python3 lab/lab.py env --instance pg17", 1): [
         '"pg_version": "17"', '"pg_image": "qadhya-lab/postgres:17"'],
@@ -315,10 +323,12 @@ def test_key_lines_are_the_docs_own():
         for block, command, nth in occurrences(parse(doc)):
             key = (doc, command.bare, nth)
             planned.add(key)
+            if doc in PENDING:
+                continue
             shown = norm(block.shown + " " + command.text.partition("#")[2])
             missing += [(key, line) for line in KEY_LINES.get(key, []) if norm(line) not in shown]
     assert not missing, missing
-    assert set(KEY_LINES) <= planned, set(KEY_LINES) - planned
+    assert {key for key in KEY_LINES if key[0] not in PENDING} <= planned, set(KEY_LINES) - planned
 
 
 # ----------------------------------------------------------------- the run
@@ -472,6 +482,8 @@ def test_what_the_docs_show_is_what_the_commands_print(ran):
     printed = {(r.doc, r.command.bare, r.nth): r for r in results}
     missing = []
     for key, lines in KEY_LINES.items():
+        if key[0] in PENDING:
+            continue  # not run: test_every_command_is_run_on_the_lab_or_marked_with_why_not
         result = printed.get(key)
         if result is None:
             missing.append("%s was not run" % (key,))
