@@ -168,6 +168,7 @@ swept:
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -268,7 +269,29 @@ class RunJournal:
     def status(self):
         return dict(changed=False, lock=self.lock(), journal=self.newest(self.params.get("playbook")))
 
+    @contextlib.contextmanager
+    def deciding(self):
+        """One open() at a time on this host reads the lock, judges it and writes it: two runs
+        that find the same dead holder (a nightly backup and an operator's consolidation) never
+        both take it over. Check mode writes nothing, so it has nothing to serialize."""
+        if self.module.check_mode:
+            yield
+            return
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            # A file system without flock keeps the lock file's own O_EXCL, as before.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def open(self):
+        with self.deciding():
+            return self._open()
+
+    def _open(self):
         params = self.params
         held = self.lock()
         if held and not self.holder_is_dead(held):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -129,3 +130,37 @@ def test_rollback_reads_the_newest_consolidation_never_a_later_backup(tmp_path):
                      states=["success", "failed", "rolled_back", "undone"]).read()
     assert newest["run_id"] == consolidation["run_id"]
     assert journal_of(tmp_path, backup["run_id"])["undoable"] is False
+
+
+def test_two_runs_finding_the_same_dead_holder_never_both_take_it_over(tmp_path, monkeypatch):
+    manager(tmp_path, playbook="backup", undoable=False).open()  # its holder, pid 100, is gone
+    first = manager(tmp_path, **AFTER_DEATH)
+    second = manager(tmp_path, playbook="backup", undoable=False, controller_pids=["1", "2"],
+                     controller={"host": "ctl", "pid": "2"})
+    outcome = {}
+
+    def open_second():
+        try:
+            outcome["second"] = second.open()
+        except jn.JournalError as exc:
+            outcome["second"] = exc
+
+    judge = rj.RunJournal.journal_of
+
+    def judging(self, lock):
+        # While the first run judges the dead holder, the second one tries too.
+        if self is first and "thread" not in outcome:
+            outcome["thread"] = threading.Thread(target=open_second)
+            outcome["thread"].start()
+            outcome["thread"].join(0.5)
+            outcome["waited"] = outcome["thread"].is_alive()
+        return judge(self, lock)
+
+    monkeypatch.setattr(rj.RunJournal, "journal_of", judging)
+    taken = first.open()
+    outcome["thread"].join(10)
+    assert outcome["waited"], "the second run decided while the first one was deciding"
+    assert lock_of(tmp_path)["run_id"] == taken["run_id"]
+    # The second saw the first's lock, its holder alive: refused, naming it.
+    assert isinstance(outcome["second"], jn.JournalError)
+    assert "in progress on this host (run %s of consolidate.yml" % taken["run_id"] in str(outcome["second"])
