@@ -257,6 +257,12 @@ def lab_problems(command):
         problems.append("it asks for a vault password")
     if words[:1] == ["ansible-playbook"] and "-i" not in words:
         problems.append("no -i inventory/lab: it would take ansible.cfg's default")
+    # The test maps instance names, never the default instance's containers, and
+    # leaves other people's instances alone.
+    if any(re.search(r"\bqadhya-(postgres|nextjs)\b", word) for word in words):
+        problems.append("it names the default instance's containers")
+    if "lab/lab.py" in words and "--all" in words:
+        problems.append("it acts on every lab instance of the machine")
     for word in words:
         path = word.partition("=")[2] if "=/" in word else word
         if path.startswith("/") and not path.startswith(LAB_PATHS):
