@@ -49,8 +49,13 @@ def inspect_container(module, name):
 def container_ip(module, name):
     """First IP address of a running container on any of its networks."""
     info = inspect_container(module, name)
-    if not info.get("State", {}).get("Running"):
-        raise DockerError("container %r is not running; start it first" % name)
+    state = info.get("State") or {}
+    # A paused container is Running too, but answers nobody: a connection would hang.
+    if state.get("Paused"):
+        raise DockerError("container %r is paused; unpause it (docker unpause %s)" % (name, name))
+    if not state.get("Running"):
+        raise DockerError("container %r is not running (%s); start it (docker start %s)"
+                          % (name, state.get("Status") or "stopped", name))
     for net in (info.get("NetworkSettings", {}).get("Networks") or {}).values():
         if net.get("IPAddress"):
             return net["IPAddress"]

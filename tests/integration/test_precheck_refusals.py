@@ -82,8 +82,16 @@ def paused(container):
 def test_a_stopped_database_container_is_named(case):
     # The first to reach it, detect_db, names it.
     inst = case["inst"]
-    message = refused(case, "container '%s' is not running; start it first" % inst.db,
-                      fault=lambda: stopped(inst, inst.db))
+    message = refused(case, "container '%s' is not running (exited); start it (docker start %s)"
+                      % (inst.db, inst.db), fault=lambda: stopped(inst, inst.db))
+    assert "\n" not in message, message
+
+
+def test_a_paused_database_container_is_named(case):
+    # Frozen, it still counts as running; a connection to it would hang until a timeout.
+    inst = case["inst"]
+    message = refused(case, "container '%s' is paused; unpause it (docker unpause %s)" % (inst.db, inst.db),
+                      fault=lambda: paused(inst.db))
     assert "\n" not in message, message
 
 

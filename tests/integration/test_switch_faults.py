@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, snapshot
+from faultkit import DockerFaultProxy, JournalWatcher, blocked_databases, descendants, snapshot
 from labkit import docker, host_vars, instance_name, run_lab, run_playbook, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
@@ -339,23 +339,6 @@ def test_a_crash_in_the_window_then_a_rerun_converges(case, step):
     assert docker("inspect", inst.app + ".dbops-previous", check=False).returncode != 0
     assert not (case["work"] / "backups" / "journal" / "run.lock").exists()
     assert not list((case["work"] / "backups").glob(".*.tmp"))
-
-
-def descendants(pid):
-    """Every process below `pid` (children, their children, ...), from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found.extend(children)
-        todo.extend(children)
-    return found
 
 
 def test_a_killed_playbook_leaves_its_switch_running_and_the_rerun_waits_for_it(case):
