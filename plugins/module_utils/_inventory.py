@@ -436,5 +436,7 @@ def inspect_all(connector, names, options, parallel):
 
 
 def server_version(cur):
-    cur.execute("SELECT pg_catalog.current_setting('server_version')")
-    return cur.fetchone()[0]
+    """(version, encoding) of the session's server: the encoding is the connected database's, the
+    one PostgreSQL converts a new database name into when it is renamed from there."""
+    cur.execute("SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding')")
+    return tuple(cur.fetchone())

@@ -159,6 +159,13 @@ server_version:
   returned: always
   type: str
   sample: "15.10 (Debian 15.10-0+deb12u1)"
+server_encoding:
+  description:
+    - The encoding of O(maintenance_db) (its C(server_encoding)), which PostgreSQL converts a database's
+      new name into when it is renamed from there; only C(UTF8) and C(SQL_ASCII) store a UTF-8 name byte for byte.
+  returned: always
+  type: str
+  sample: UTF8
 databases:
   description: Inventory of each inspected database, keyed by name.
   returned: always
@@ -388,7 +395,7 @@ class DbInfo:
         conn = connector.open(params["maintenance_db"])
         try:
             with conn.cursor() as cur:
-                version = server_version(cur)
+                version, encoding = server_version(cur)
                 server = list_databases(cur)
         finally:
             conn.close()
@@ -411,6 +418,7 @@ class DbInfo:
         return dict(
             changed=False,
             server_version=version,
+            server_encoding=encoding,
             databases=databases,
             server_databases=server_names,
             configured_database=configured,
