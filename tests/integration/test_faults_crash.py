@@ -162,10 +162,12 @@ def test_a_crash_as_the_verification_starts_then_rollback_yml_puts_it_back(case)
     assert_no_stray_state(case)
 
 
-def test_a_restore_check_killed_halfway_leaves_no_scratch_database_after_the_rerun(module_lab, tmp_path):
+@pytest.mark.parametrize("then", ["consolidate", "rollback"])
+def test_a_restore_check_killed_halfway_leaves_no_scratch_database(module_lab, tmp_path, then):
     # The verification by restore dies with its process (a power cut): its scratch
     # database stays, empty, marked with a pid that no longer exists. The rerun's backup
-    # drops it (nobody is connected, its process is gone) before taking its own.
+    # drops it (nobody is connected, its process is gone) before taking its own; a
+    # rollback.yml instead drops it as it takes the dead run over.
     case = repointed_case(module_lab, tmp_path, SOURCE, dbops_health_timeout=15,
                           dbops_backup_verify="restore")
     inst = case["inst"]
@@ -179,11 +181,20 @@ def test_a_restore_check_killed_halfway_leaves_no_scratch_database_after_the_rer
     result, _out = run_module("db_backup", inst.login_args(action="clean"), check=True)
     assert not result["failed"] and result["scratch_orphans_dropped"] == left, result
     assert [n for n in databases(inst) if n.startswith("dbops_verify_")] == left
-    proc, report = run(case, CONSOLIDATE)
-    assert proc.returncode == 0 and report["result"] == "success", report["message"]
-    assert "was interrupted" in report.get("recovered", ""), report
-    status, body = inst.health()
-    assert status == 200 and body["database"] == TARGET, (status, body)
-    assert snapshot(inst, TARGET) == rows_before
-    assert databases(inst) == ["postgres", TARGET]  # no scratch database left
+    if then == "rollback":
+        proc, report = run(case, ROLLBACK)
+        assert proc.returncode == 0 and report["result"] == "rolled_back", report["message"]
+        assert "was interrupted; nothing to undo" in report["message"], report["message"]
+        status, body = inst.health()
+        assert status == 200 and body["database"] == SOURCE, (status, body)
+        assert snapshot(inst, SOURCE) == rows_before
+        assert databases(inst) == [SOURCE, "postgres", TARGET]  # no scratch database left
+    else:
+        proc, report = run(case, CONSOLIDATE)
+        assert proc.returncode == 0 and report["result"] == "success", report["message"]
+        assert "was interrupted" in report.get("recovered", ""), report
+        status, body = inst.health()
+        assert status == 200 and body["database"] == TARGET, (status, body)
+        assert snapshot(inst, TARGET) == rows_before
+        assert databases(inst) == ["postgres", TARGET]  # no scratch database left
     assert_no_stray_state(case)
