@@ -27,10 +27,11 @@ whoever runs `make demo`. The commands run from the checkout against copies
 of `inventory/lab` and `inventory/lab-multi` whose only differences are this
 test's instance names (`default` -> `<prefix>docs`, `b` -> `<prefix>docs-b`),
 their containers, ports and the report directory (a temporary one); in a
-command only `-i inventory/lab*` is rewritten to the copy. `lab/lab.py`
-commands get the same instance names (an explicit `--instance` for the
-default one) and the same ports; `make lab-*` reads them from `INSTANCE` in
-its environment, the Makefile's own variable.
+command only `-i inventory/lab*` is rewritten to the copy, and an
+instance's state directory (`/var/tmp/qadhya-lab/default/...`) to this
+test's instance's. `lab/lab.py` commands get the same instance names (an
+explicit `--instance` for the default one) and the same ports; `make lab-*`
+reads them from `INSTANCE` in its environment, the Makefile's own variable.
 
 The docs run in the order of PLAN, each from the lab state it assumes (the
 incident, after `lab.py reset`, which takes seconds; or what the doc before
@@ -69,6 +70,7 @@ EXIT_RE = re.compile(r"#.*\bexit status (\d+)(?: where (\S+) is missing)?")
 ANSIBLE_DOC_RE = re.compile(r"`(ansible-doc (?:-t (?:role|filter|module) )?qadhya\.dbops\.\w+)`")
 LAB_INVENTORY_RE = re.compile(r"(-i\s+)inventory/(lab(?:-multi)?)(?=\s|$)")
 LAB_PY_RE = re.compile(r"(python3? lab/lab\.py) +(\w[\w-]*)([^&;|#\n]*)")
+LAB_STATE_RE = re.compile(r"/var/tmp/qadhya-lab/([\w-]+)(?=/|\s|$)")
 SETUP_COMMANDS = ["make demo", "make test"]  # the README's two; the CI run itself
 # Absolute paths a command may name: the lab's state and the scratch files the docs create.
 LAB_PATHS = ("/var/tmp/qadhya-lab/", "/tmp/qadhya-")
@@ -391,6 +393,9 @@ class Lab:
                 words += ["--port", str(self.port(name))]
             return "%s %s %s " % (match[1], match[2], shlex.join(words))
 
+        # An instance's state directory, under the lab's root (lab.py's default, or QADHYA_LAB_ROOT).
+        root = os.environ.get("QADHYA_LAB_ROOT", "/var/tmp/qadhya-lab")
+        text = LAB_STATE_RE.sub(lambda m: "%s/%s" % (root, self.instance(m[1])), text)
         return LAB_PY_RE.sub(lab_py, text)
 
     def env(self):
