@@ -200,9 +200,9 @@ def _join_continuations(lines):
     return out
 
 
-def parse(doc):
+def parse(doc, text=None):
     """The doc's command blocks, in order."""
-    text = (REPO / doc).read_text(encoding="utf-8")
+    text = (REPO / doc).read_text(encoding="utf-8") if text is None else text
     fences = list(FENCE_RE.finditer(text))
     blocks = []
     for index, fence in enumerate(fences):
@@ -265,6 +265,8 @@ def lab_problems(command):
         problems.append("it names the default instance's containers")
     if "lab/lab.py" in words and "--all" in words:
         problems.append("it acts on every lab instance of the machine")
+    if "<<" in command.text:
+        problems.append("a here-document: a block runs line by line")
     for word in words:
         path = word.partition("=")[2] if "=/" in word else word
         if path.startswith("/") and not path.startswith(LAB_PATHS):
@@ -316,6 +318,62 @@ def occurrences(blocks):
 def test_every_command_is_run_on_the_lab_or_marked_with_why_not(doc):
     problems = doc_problems(doc)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("command, problem", [
+    ("ansible-playbook playbooks/backup.yml -i inventory/prod", "inventory inventory/prod is not the lab's"),
+    ("ansible-playbook playbooks/migrate.yml -i /tmp/pbdev/inv.json", "is not the lab's"),
+    ("ansible-playbook playbooks/check.yml -i inventory/lab --ask-vault-pass", "vault password"),
+    ("ansible-playbook playbooks/check.yml", "no -i inventory/lab"),
+    ("ls -l /tmp/pbdev/backups", "/tmp/pbdev/backups is not a path"),
+    ("ansible-playbook playbooks/backup.yml -i inventory/lab -e dbops_backup_copy_to=/mnt/x", "/mnt/x"),
+    ("docker stop qadhya-nextjs", "default instance's containers"),
+    ("python3 lab/lab.py down --all", "every lab instance"),
+    ("python3 - <<'EOF'", "here-document"),
+])
+def test_the_check_refuses_what_cannot_run_on_the_lab(command, problem):
+    problems = lab_problems(Command(command, 1))
+    assert any(problem in p for p in problems), problems
+
+
+SAMPLE = """\
+<!-- not run: needs a real server -->
+```bash
+ansible-playbook playbooks/check.yml -i inventory/prod
+```
+
+   ```bash
+   ansible-playbook playbooks/check.yml -i inventory/lab \\
+     -e a=b  # critical: exit status 2
+   cat /tmp/qadhya-x  # exit status 1 where no-such-program-here is missing
+   ```
+
+   ```
+   TASK [Report | Summary]
+   ```
+
+```
+$ make lab-status
+  health -> 503
+```
+"""
+
+
+def test_blocks_markers_exit_statuses_and_shown_output_are_read_as_documented():
+    marked, run, transcript = parse("sample.md", SAMPLE)
+    assert marked.not_run == "needs a real server"
+    assert run.not_run is None and [(c.bare, c.exit_status, c.missing) for c in run.commands] == [
+        ("ansible-playbook playbooks/check.yml -i inventory/lab -e a=b", 2, ""),
+        ("cat /tmp/qadhya-x", 1, "no-such-program-here")]
+    assert run.shown.strip() == "TASK [Report | Summary]"
+    assert [c.bare for c in transcript.commands] == ["make lab-status"] and "-> 503" in transcript.shown
+
+
+def test_the_lab_commands_pass_the_check():
+    for command in ("ansible-playbook playbooks/consolidate.yml -i inventory/lab-multi",
+                    "ls -l /var/tmp/qadhya-lab/default/backups", "make lab-status",
+                    "ansible-playbook playbooks/schedule.yml -i inventory/lab -e x=/tmp/qadhya-dbops-cron"):
+        assert lab_problems(Command(command, 1)) == [], command
 
 
 def test_the_readme_sets_up_with_its_two_commands():
