@@ -438,5 +438,6 @@ def inspect_all(connector, names, options, parallel):
 def server_version(cur):
     """(version, encoding) of the session's server: the encoding is the connected database's, the
     one PostgreSQL converts a new database name into when it is renamed from there."""
-    cur.execute("SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding')")
+    cur.execute("SELECT pg_catalog.current_setting('server_version'),"
+                " pg_catalog.current_setting('server_encoding')")
     return tuple(cur.fetchone())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import fcntl
 import json
 import os
 import re
@@ -29,6 +30,8 @@ import time
 JOURNAL_VERSION = 1
 # Lock file beside the journals: exists while a run of ours is in progress.
 LOCK_NAME = "run.lock"
+# Beside it, held (flock) by an app_switch for as long as its process runs.
+WINDOW_LOCK_NAME = "window.lock"
 
 
 class JournalError(Exception):
@@ -194,3 +197,56 @@ def orphan_partials(directory, now=None, proc="/proc"):
         if complete or age >= PARTIAL_UNSEEN_AGE_S:
             orphans.append(path)
     return orphans
+
+
+class WindowBusy(JournalError):
+    pass
+
+
+def window_holder(handle):
+    handle.seek(0)
+    return handle.read().strip() or "?"
+
+
+def wait_window_idle(path, timeout, clock=time.monotonic, sleep=time.sleep):
+    """Wait until no switch holds the window lock at `path`; (seconds waited, holder's pid or None).
+
+    A run whose ansible-playbook was killed in the window leaves its app_switch running (Ansible's
+    workers run in sessions of their own) until the switch ends its window: the next run must not
+    judge or undo that run's journal while it still changes. Raises WindowBusy after `timeout`.
+    """
+    if not os.path.exists(path):
+        return 0.0, None
+    started = clock()
+    held_by = None
+    with open(path, encoding="utf-8") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return round(clock() - started, 3), held_by
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                held_by = window_holder(handle)
+            if clock() - started >= timeout:
+                raise WindowBusy("a switch of an earlier run (process %s) still runs on this host after %ss; "
+                                 "let it finish (it ends its own window) and rerun" % (held_by, timeout))
+            sleep(0.2)
+
+
+def hold_window(path):
+    """Take the window lock at `path` for as long as this process runs (or until the handle is
+    closed), noting our pid in it; private like the journals beside it (0600)."""
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = window_holder(handle)
+        handle.close()
+        raise WindowBusy("another switch (process %s) is running on this host; nothing was changed"
+                         % holder) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write("%d\n" % os.getpid())
+    handle.flush()
+    return handle

@@ -247,8 +247,6 @@ waited_s:
   type: float
 """
 
-import errno
-import fcntl
 import os
 import time
 
@@ -265,10 +263,14 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._env_file import EnvF
 from ansible_collections.qadhya.dbops.plugins.module_utils._errors import first_line
 from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import Connector, InventoryError
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
+    WINDOW_LOCK_NAME,
     JournalError,
     ModuleJournal,
+    WindowBusy,
+    hold_window,
     journal_argument_spec,
     utc_now,
+    wait_window_idle,
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._rename import (
     DB_ERRORS,
@@ -277,7 +279,6 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._rename import (
     TableCounter,
 )
 
-LOCK_NAME = "window.lock"
 STEP_ERRORS = (ct.ContainerError, DockerAPIError, EnvFileError, InventoryError, RenameError,
                JournalError) + DB_ERRORS
 
@@ -314,13 +315,8 @@ def lock_path(params):
     if params.get("lock_file"):
         return params["lock_file"]
     if params.get("journal"):
-        return os.path.join(os.path.dirname(params["journal"]), LOCK_NAME)
+        return os.path.join(os.path.dirname(params["journal"]), WINDOW_LOCK_NAME)
     return None
-
-
-def holder_of(handle):
-    handle.seek(0)
-    return handle.read().strip() or "?"
 
 
 def wait_idle(module):
@@ -328,26 +324,11 @@ def wait_idle(module):
     path = lock_path(module.params)
     if not path:
         module.fail_json(msg="state=idle needs lock_file (or journal)")
-    if not os.path.exists(path):
-        return dict(changed=False, waited_s=0.0, held_by=None)
-    started = time.monotonic()
-    deadline = started + module.params["idle_timeout"]
-    held_by = None
-    with open(path, encoding="utf-8") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                held_by = holder_of(handle)
-            if time.monotonic() >= deadline:
-                module.fail_json(msg="a switch of an earlier run (process %s) still runs on this host after "
-                                     "%ss; let it finish (it ends its own window) and rerun"
-                                     % (held_by, module.params["idle_timeout"]))
-            time.sleep(0.2)
-    return dict(changed=False, waited_s=round(time.monotonic() - started, 3), held_by=held_by)
+    try:
+        waited, held_by = wait_window_idle(path, module.params["idle_timeout"])
+    except WindowBusy as exc:
+        module.fail_json(msg=str(exc))
+    return dict(changed=False, waited_s=waited, held_by=held_by)
 
 
 class Switch:
@@ -510,17 +491,10 @@ def main():
     path = None if module.check_mode else lock_path(params)
     if path:
         # Held until this process ends, also when it outlives the ansible-playbook that started it.
-        # Private like the journals beside it (0600).
-        lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            module.fail_json(msg="another switch (process %s) is running on this host; nothing was changed"
-                                 % holder_of(lock))
-        lock.seek(0)
-        lock.truncate()
-        lock.write("%d\n" % os.getpid())
-        lock.flush()
+            lock = hold_window(path)
+        except WindowBusy as exc:
+            module.fail_json(msg=str(exc))
     try:
         result = switch.run()
     except StepFailed as exc:

@@ -161,8 +161,9 @@ server_version:
   sample: "15.10 (Debian 15.10-0+deb12u1)"
 server_encoding:
   description:
-    - The encoding of O(maintenance_db) (its C(server_encoding)), which PostgreSQL converts a database's
-      new name into when it is renamed from there; only C(UTF8) and C(SQL_ASCII) store a UTF-8 name byte for byte.
+    - The encoding of O(maintenance_db) (its C(server_encoding)), which PostgreSQL converts a
+      database's new name into when it is renamed from there; only C(UTF8) and C(SQL_ASCII) store a
+      UTF-8 name byte for byte.
   returned: always
   type: str
   sample: UTF8

@@ -93,6 +93,16 @@ options:
     type: bool
     default: true
     version_added: 0.3.0
+  window_timeout:
+    description:
+      - With V(open), seconds to wait first for a switch still running on this host (an
+        M(qadhya.dbops.app_switch) holding C(window.lock) in O(dir) after its ansible-playbook was killed
+        in the downtime window, since the module goes on until it ends the window). The lock is judged, and
+        a dead run's journal returned, only once that switch has ended; the module fails after this
+        long, naming its process. V(0) does not wait.
+    type: int
+    default: 600
+    version_added: 0.3.0
   sweep_dir:
     description:
       - With V(open) taking over a dead run's lock, the directory where that run may have left a
@@ -165,6 +175,11 @@ swept:
   type: list
   elements: str
   version_added: 0.2.0
+window_waited_s:
+  description: With V(open), how long a switch still running held C(window.lock) (see O(window_timeout)).
+  returned: when action is open
+  type: float
+  version_added: 0.3.0
 """
 
 import contextlib
@@ -179,12 +194,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
     JOURNAL_VERSION,
     LOCK_NAME,
+    WINDOW_LOCK_NAME,
     JournalError,
     append,
     create_exclusive,
     orphan_partials,
     read_journal,
     utc_now,
+    wait_window_idle,
     write_json_atomic,
 )
 
@@ -288,8 +305,16 @@ class RunJournal:
             os.close(fd)
 
     def open(self):
+        # A switch still running (its ansible-playbook killed in the window) ends its window first:
+        # the lock is judged, and a dead run's journal returned to be undone, only once it no
+        # longer changes.
+        waited, timeout = 0.0, self.params.get("window_timeout") or 0
+        if timeout > 0:
+            waited, _holder = wait_window_idle(os.path.join(self.dir, WINDOW_LOCK_NAME), timeout)
         with self.deciding():
-            return self._open()
+            result = self._open()
+        result["window_waited_s"] = waited
+        return result
 
     def _open(self):
         params = self.params
@@ -395,6 +420,7 @@ def main():
             controller_pids=dict(type="list", elements="str"),
             undoable=dict(type="bool", default=True),
             undo_interrupted=dict(type="bool", default=True),
+            window_timeout=dict(type="int", default=600),
             sweep_dir=dict(type="path"),
             entry=dict(type="dict"),
             state=dict(type="str", choices=STATES),

@@ -140,7 +140,8 @@ def test_a_name_the_servers_encoding_cannot_store_as_sent(case, name):
     inst.psql("template1", "CREATE DATABASE postgres ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
                            "TEMPLATE template0")
     message = refused(case, "dbops_target_db '%s' is not ASCII, and the server stores database names in "
-                            "LATIN1 (the encoding of postgres, the maintenance database)" % name, dbops_target_db=name)
+                            "LATIN1 (the encoding of postgres, the maintenance database)" % name,
+                      dbops_target_db=name)
     assert "\n" not in message and "choose an ASCII name" in message, message
     assert journal_steps(case["work"] / "backups") == [], journal_steps(case["work"] / "backups")
     # The app answers as before, on the same database (state() compared its start time and the data).

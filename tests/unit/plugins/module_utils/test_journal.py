@@ -111,3 +111,20 @@ def test_without_seeing_every_process_only_old_partials_are_orphans(tmp_path, mo
     monkeypatch.setattr(jn, "open_files", lambda proc="/proc": (set(), False))
     assert jn.orphan_partials(str(tmp_path)) == []
     assert jn.orphan_partials(str(tmp_path), now=os.stat(partial).st_mtime + 86400) == [str(partial)]
+
+
+def test_the_window_wait_returns_once_no_switch_holds_the_lock(tmp_path):
+    path = str(tmp_path / jn.WINDOW_LOCK_NAME)
+    assert jn.wait_window_idle(path, 1) == (0.0, None)  # no switch ever ran here
+    held = jn.hold_window(path)
+    try:
+        with pytest.raises(jn.WindowBusy) as raised:
+            jn.wait_window_idle(path, 0.3, sleep=lambda s: None)
+        assert "(process %d) still runs" % os.getpid() in str(raised.value)
+        with pytest.raises(jn.WindowBusy, match="another switch .* is running"):
+            jn.hold_window(path)
+    finally:
+        held.close()
+    waited, holder = jn.wait_window_idle(path, 1)
+    assert waited < 1 and holder is None
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
