@@ -76,12 +76,7 @@ SETUP_COMMANDS = ["make demo", "make test"]  # the README's two; the CI run itse
 LAB_PATHS = ("/var/tmp/qadhya-lab/", "/tmp/qadhya-")
 # Docs whose commands do not run on the lab yet, and why; each must fail the
 # check below (strict), so that the entry goes once the doc is fixed.
-PENDING = {
-    "docs/playbooks/backup.md": "its inventory/prod block is not marked, and its lab transcript lists "
-                                "/tmp/pbdev/backups, a private path",
-    "docs/playbooks/migrate.md": "its inventory/prod block is not marked, and its lab transcript runs "
-                                 "-i /tmp/pbdev/inv.json, an inventory that is not in the repository",
-}
+PENDING = {}
 
 # Docs with lab commands, in the order they run, each with the state it starts from:
 # "incident" resets the instance first, "app_on_data" also points the app at
