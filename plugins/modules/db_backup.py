@@ -41,6 +41,7 @@ extends_documentation_fragment:
   - qadhya.dbops.connection
   - qadhya.dbops.attributes
   - qadhya.dbops.attributes.NO_DIFF
+  - qadhya.dbops.attributes.JOURNAL
 options:
   action:
     description:
@@ -214,6 +215,9 @@ options:
 notes:
   - Check mode computes the planned file name, the database size, the free space
     check and what pruning would delete, and writes nothing.
+  - With O(journal), a verified new backup (V(create)) is appended to the run's journal as a
+    C(backup) entry (its O(purpose) and RV(journal_entry)) once it is verified, so that the
+    report and a person undoing the run by hand find it there.
   - V(create) always makes a new backup and reports C(changed=true); V(verify)
     never reports a change; V(prune) reports a change only when it deletes.
   - C(pg_dump), C(pg_restore) and C(psql) run as O(login_user) over the container's
@@ -418,6 +422,11 @@ ignored:
   returned: when retention ran
   type: list
   elements: str
+journal_entry:
+  description: The C(backup) entry appended to O(journal) (V(create) with O(journal) set, not in check mode).
+  returned: when a backup is created with O(journal)
+  type: dict
+  sample: {"step": "backup", "purpose": "pre_consolidation", "backup": {"path": "/var/backups/qadhya/x.dump"}}
 cmd:
   description: The C(pg_dump) (create) or restore command line, without any secret.
   returned: when a backup is created or restored
@@ -436,6 +445,14 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     connection_argument_spec,
     require_psycopg2,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._journal import (
+    ModuleJournal,
+    journal_argument_spec,
+)
+
+# What a backup's journal entry keeps of its result: enough for the report and for an undo by hand.
+JOURNALED = ("path", "manifest_path", "bytes", "sha256", "format", "verified", "duration_s",
+             "throughput_mb_s", "deleted")
 
 
 def argument_spec():
@@ -461,6 +478,7 @@ def argument_spec():
         progress_file=dict(type="path"),
         lock_wait_timeout=dict(type="float", default=30.0),
     )
+    spec.update(journal_argument_spec())
     return spec
 
 
@@ -481,6 +499,12 @@ class DbBackup:
                 if key in exc.details:
                     result[key] = exc.details[key]
             self.module.fail_json(msg=str(exc), **result)
+        if self.module.params["action"] == "create" and result.get("changed"):
+            entry = ModuleJournal(self.module)(
+                "backup", purpose=self.module.params["purpose"],
+                backup={key: result[key] for key in JOURNALED if key in result})
+            if entry:
+                result["journal_entry"] = entry
         self.module.exit_json(**result)
 
 

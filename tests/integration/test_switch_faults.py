@@ -207,6 +207,18 @@ def test_app_never_healthy_on_the_new_name(case):
     assert time.monotonic() - started < 240
 
 
+def consolidate_with_a_statement_at_start(case, sql):
+    """consolidate.yml, with `sql` run in the renamed database as soon as the app's start is journalled."""
+    watcher = JournalWatcher(case["work"] / "backups" / "journal", "app_start",
+                             lambda: case["inst"].psql("qadhya", sql))
+    try:
+        proc, report = consolidate(case)
+    finally:
+        watcher.close()
+    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    return proc, report
+
+
 def test_a_write_after_the_rename_is_named_and_kept_not_rolled_back(case):
     # Someone (a cron job, the app itself once it serves) writes as soon as the
     # renamed database accepts connections. The proof of the switch is made in
@@ -217,13 +229,7 @@ def test_a_write_after_the_rename_is_named_and_kept_not_rolled_back(case):
     repoint_first(inst)
     inst.psql(SOURCE, "CREATE TABLE audit_log (id serial PRIMARY KEY, note text)")
     rows_before = snapshot(inst, SOURCE)
-    watcher = JournalWatcher(case["work"] / "backups" / "journal", "app_start",
-                             lambda: inst.psql("qadhya", "INSERT INTO audit_log (note) VALUES ('late')"))
-    try:
-        proc, report = consolidate(case)
-    finally:
-        watcher.close()
-    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    proc, report = consolidate_with_a_statement_at_start(case, "INSERT INTO audit_log (note) VALUES ('late')")
     assert proc.returncode == 0 and report["result"] == "success", report["message"]
     assert report["counts_after"]["audit_log"] == report["counts_before"]["audit_log"] + 1
     assert "audit_log 0 -> 1" in proc.stdout, proc.stdout[-2000:]
@@ -247,13 +253,7 @@ def test_a_table_gone_after_the_start_is_a_loss_and_rolls_the_switch_back(case):
     repoint_first(inst)
     inst.psql(SOURCE, "CREATE TABLE scratch_notes (id int)")
     rows_before = snapshot(inst, SOURCE)
-    watcher = JournalWatcher(case["work"] / "backups" / "journal", "app_start",
-                             lambda: inst.psql("qadhya", "DROP TABLE scratch_notes"))
-    try:
-        proc, report = consolidate(case)
-    finally:
-        watcher.close()
-    assert watcher.fired.is_set() and watcher.error is None, watcher.error
+    proc, report = consolidate_with_a_statement_at_start(case, "DROP TABLE scratch_notes")
     assert proc.returncode != 0 and report["result"] == "rolled_back", report["message"]
     assert "tables missing after the switch: scratch_notes" in report["message"], report["message"]
     status, body = inst.health()
