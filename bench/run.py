@@ -124,34 +124,39 @@ def http_status(url, timeout=0.5):
 class HealthPoller:
     """Starts a request to a health URL every 20 ms, from outside the app.
 
-    Each request runs in a thread of its own and is recorded by the time it
-    started: while the app stops, Docker's port proxy can accept a connection
-    and hold it until the client gives up, so one request at a time would
-    sample the outage only as often as requests time out (about every 500 ms
-    here), and an outage shorter than that would go unseen.
+    Each request runs in a thread of its own, so that one that hangs does not
+    hold the next ones back: while the app stops, Docker's port proxy can
+    accept a connection and keep it open, and a poller waiting on one request
+    at a time would sample the outage only as often as its requests time out.
+    An answer counts at the time it came, and a request that waited longer
+    than SLOW_S (or 10 times the median wait) for it also counts as not
+    answered at the time it was sent: a held connection answered once the app
+    is back is a user who waited, not an app that was up.
     """
+
+    SLOW_S = 0.25
 
     def __init__(self, url, timeout=2.0):
         self.url = url
         self.timeout = timeout
-        self.samples = []
+        self.answers = []  # (sent, answered, status)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._probes = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _probe(self, started):
+    def _probe(self, sent):
         status = http_status(self.url, timeout=self.timeout)
         with self._lock:
-            self.samples.append((started, status))
+            self.answers.append((sent, time.monotonic(), status))
 
     def _run(self):
         while not self._stop.is_set():
-            started = time.monotonic()
-            probe = threading.Thread(target=self._probe, args=(started,), daemon=True)
+            sent = time.monotonic()
+            probe = threading.Thread(target=self._probe, args=(sent,), daemon=True)
             probe.start()
             self._probes = [p for p in self._probes if p.is_alive()] + [probe]
-            self._stop.wait(max(0.0, POLL_S - (time.monotonic() - started)))
+            self._stop.wait(max(0.0, POLL_S - (time.monotonic() - sent)))
 
     def __enter__(self):
         self._thread.start()
@@ -162,17 +167,34 @@ class HealthPoller:
         self._thread.join()
         for probe in self._probes:
             probe.join()
-        self.samples.sort()
+        self.answers.sort()
+
+    @property
+    def samples(self):
+        """(time, status) for last_outage: a prompt answer when it came; a slow one as not answered
+        (None) when it was sent, and, if it was a 200 in the end, as that 200 when it came (a slow
+        failure's own time is only its timeout running out, whenever the app came back)."""
+        waits = [answered - sent for sent, answered, _ in self.answers]
+        slow = max(self.SLOW_S, 10 * statistics.median(waits)) if waits else self.SLOW_S
+        points = []
+        for sent, answered, status in self.answers:
+            if answered - sent <= slow:
+                points.append((answered, status))
+                continue
+            points.append((sent, None))
+            if status == 200:
+                points.append((answered, status))
+        return sorted(points, key=lambda point: point[0])
 
     def last_outage(self):
         return last_outage(self.samples)
 
     def _gaps(self):
-        times = [t for t, _ in self.samples]
+        times = [sent for sent, _, _ in self.answers]
         return [b - a for a, b in zip(times, times[1:], strict=False)]
 
     def max_gap(self):
-        """Longest time between two requests' starts (ms): on a loaded machine the 20 ms are not kept."""
+        """Longest time between two requests sent (ms): on a loaded machine the 20 ms are not kept."""
         return round(1000 * max(self._gaps(), default=0))
 
     def median_gap(self):
