@@ -54,6 +54,12 @@ def test_a_target_name_longer_than_postgres_allows(case):
     assert "\n" not in message
 
 
+def test_a_source_database_that_does_not_exist(case):
+    message = refused(case, "source database 'moncabinet_old' does not exist (existing: ",
+                      dbops_source_db="moncabinet_old")
+    assert "fix dbops_source_db" in message and "\n" not in message, message
+
+
 def test_a_missing_app_container(case):
     message = refused(case, "app container qadhya-itpre-gone does not exist; fix dbops_app_container and "
                             "rerun — nothing was changed", dbops_app_container="qadhya-itpre-gone")

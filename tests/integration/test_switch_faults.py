@@ -186,6 +186,39 @@ def test_start_refused_by_the_engine(case, tmp_path):
     engine_refuses(case, tmp_path, r"/containers/[^/]+/start", "Start the app")
 
 
+def test_an_app_failing_before_the_run_is_put_back_running_not_held_to_a_200(case, tmp_path):
+    # The health URL never answers 200 on the old database either: the app
+    # already failed there before the run (the lab's fault switch). When the
+    # switch fails, the rollback's own start is judged against what the app
+    # was before the run, running but failing, never against a 200 that will
+    # not come: it puts everything back and says so, instead of reporting a
+    # rollback that could not finish.
+    inst = case["inst"]
+    inst.set_env("DB_NAME", SOURCE)
+    with inst.env_file.open("a", encoding="utf-8") as handle:
+        handle.write("LAB_FAIL_ON_DB=%s\n" % SOURCE)
+    docker("restart", "-t", "2", inst.app)
+    assert wait_for(lambda: inst.health()[0] == 503, timeout=30), inst.health()
+    env_before, rows_before = inst.env_file.read_bytes(), snapshot(inst, SOURCE)
+    proxy = DockerFaultProxy(tmp_path / "docker.sock", "POST", r"/containers/[^/]+/start")
+    try:
+        proc, report = consolidate(case, env={"DOCKER_HOST": proxy.url})
+    finally:
+        proxy.close()
+    assert proxy.hits, "the fault never struck"
+    message = report["message"]
+    assert proc.returncode != 0 and report["result"] == "rolled_back", message
+    assert "\n" not in message and "Start the app" in message, message
+    assert "ROLLBACK FAILED" not in message, message
+    status, body = inst.health()
+    assert status == 503 and body["database"] == SOURCE, (status, body)  # as it was: running, failing
+    assert docker("inspect", "--format", "{{.State.Running}}", inst.app).stdout.strip() == "true"
+    assert inst.env_file.read_bytes() == env_before
+    assert snapshot(inst, SOURCE) == rows_before
+    assert blocked_databases(inst) == []
+    assert not (case["work"] / "backups" / "journal" / "run.lock").exists()
+
+
 def test_recreate_refused_by_the_engine(case, tmp_path):
     inst = case["inst"]
     inst.reset("--mode", "created")
