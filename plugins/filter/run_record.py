@@ -381,8 +381,11 @@ def rollback_record(facts):
             message = "nothing to roll back: run %s changed nothing that is still there" % last.get("run_id")
     plan = next((e["plan"] for e in last.get("entries") or []
                  if e.get("step") == "checkpoint" and "plan" in e), {})
+    if record["check_mode"] and result == "rolled_back":
+        # Nothing was undone: the message says what a real run would do.
+        result, message = "planned", message.replace("rolled back: ", "would roll back: ", 1)
     record.update(
-        result="planned" if record["check_mode"] and result == "rolled_back" else result, message=message,
+        result=result, message=message,
         finished_at=facts.get("finished_at") or _now(), kind="rollback", plan={}, changes=[],
         counts_initial={}, counts_before={}, counts_after={}, backup={}, migrations_applied=[],
         migrations_adopted=[], migrations_pending=[], source=plan.get("source", ""),

@@ -26,7 +26,7 @@ from faultkit import (
     repointed_case,
     snapshot,
 )
-from labkit import REPO, docker, instance_name, run_module, run_playbook
+from labkit import REPO, docker, host_vars, instance_name, run_module, run_playbook, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -197,4 +197,28 @@ def test_a_restore_check_killed_halfway_leaves_no_scratch_database(module_lab, t
         assert status == 200 and body["database"] == TARGET, (status, body)
         assert snapshot(inst, TARGET) == rows_before
         assert databases(inst) == ["postgres", TARGET]  # no scratch database left
+    assert_no_stray_state(case)
+
+
+def test_a_crash_during_the_repoint_then_a_rerun_converges(module_lab, tmp_path):
+    # From the incident itself (the app configured for the empty qadhya): killed
+    # once the repoint's env write is journalled, as the app restarts on its data.
+    # The rerun undoes the dead run (the env file back, the app as it was), then
+    # repoints and consolidates from the start.
+    inst = module_lab
+    inst.reset("--mode", "mounted")
+    (tmp_path / "migrations").mkdir()
+    hosts = {"lab1": host_vars(inst.info, tmp_path, dbops_migrations_dir=str(tmp_path / "migrations"),
+                               dbops_health_timeout=15)}
+    case = dict(inst=inst, work=tmp_path, backups=tmp_path / "backups",
+                inventory=write_inventory(tmp_path / "inventory.json", hosts))
+    rows_before = snapshot(inst, SOURCE)
+    crash(case, lambda kill: JournalWatcher(case["backups"] / "journal", "env_write", kill))
+    proc, report = run(case, CONSOLIDATE)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    status, body = inst.health()
+    assert status == 200 and body["database"] == TARGET, (status, body)
+    assert snapshot(inst, TARGET) == rows_before
+    assert databases(inst) == ["postgres", TARGET]
     assert_no_stray_state(case)

@@ -312,6 +312,20 @@ def test_rollback_playbook_puts_a_success_back_and_then_changes_nothing(case):
     assert inst.health()[1]["database"] == "qadhya"
     time.sleep(1)  # reports are named by the second they start in
 
+    # Check mode first: it says what it would undo and changes nothing. Its steps only say what
+    # they would do, so the restore of the dropped qadhya is not judged against the qadhya the
+    # rename back would free (it checks the backup it would restore from instead).
+    env_after = inst.env_file.read_bytes()
+    databases_after = inst.psql("postgres", "SELECT datname FROM pg_database")
+    planned = run_playbook(ROLLBACK, case["inventory"], "--check")
+    assert planned.returncode == 0, planned.stdout[-3000:]
+    printed = " ".join(planned.stdout.split())
+    assert "lab1: PLANNED" in printed and "would roll back: renamed qadhya back to moncabinet" in printed, \
+        planned.stdout[-3000:]
+    assert inst.env_file.read_bytes() == env_after
+    assert inst.psql("postgres", "SELECT datname FROM pg_database") == databases_after
+    assert inst.health()[1]["database"] == "qadhya"
+
     first = run_playbook(ROLLBACK, case["inventory"], "-vvv")
     # The password is in the env file and in both containers' env: never in what a run prints.
     password = inst.info["db_password"]

@@ -160,7 +160,10 @@ def test_rollback_record():
     assert record["result"] == "rolled_back" and record["kind"] == "rollback"
     assert record["message"].startswith("rolled back: renamed qadhya back to moncabinet")
     assert (record["source"], record["target"]) == ("moncabinet", "qadhya")
-    assert rr.rollback_record(rollback_facts(check_mode=True))["result"] == "planned"
+    planned = rr.rollback_record(rollback_facts(check_mode=True))
+    assert planned["result"] == "planned"
+    assert planned["message"].startswith("would roll back: renamed qadhya back to moncabinet"), \
+        planned["message"]
     nothing = rr.rollback_record(rollback_facts(undos={"r1": dict(steps=[])}))
     assert (nothing["result"], nothing["message"]) == (
         "unchanged", "nothing to roll back: run r1 changed nothing that is still there")
