@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 INSTANCE = instance_name("fdata")
 PLAYBOOK = REPO / "playbooks" / "consolidate.yml"
+ROLLBACK = REPO / "playbooks" / "rollback.yml"
 SOURCE, TARGET = "moncabinet", "qadhya"
 
 # Everything a consolidation must carry over, made with psql in the instance.
@@ -176,7 +177,8 @@ def hostile_env(lab):
     return data
 
 
-def test_every_kind_of_data_survives_a_consolidation_and_no_argv_holds_the_password(lab, tmp_path):
+def test_every_kind_of_data_survives_a_consolidation_and_its_rollback_and_no_argv_holds_the_password(
+        lab, tmp_path):
     lab.psql(SOURCE, DATA_SQL)
     env_before = hostile_env(lab)
     lab.docker("restart", "-t", "2", lab.app)  # the app reads its env file at start
@@ -242,6 +244,28 @@ def test_every_kind_of_data_survives_a_consolidation_and_no_argv_holds_the_passw
     env_backups = [p for p in lab.env_file.parent.iterdir()
                    if p.name.startswith(".env.") and p.name.endswith("~")]
     assert env_backups and all(p.stat().st_mode & 0o077 == 0 for p in env_backups), env_backups
+
+    # Then back through rollback.yml at -vvv, sampled the same way: every kind of data under the
+    # old name again, and the password in no argv of the rollback either. It goes back to the run's
+    # last checkpoint, the app repointed at its data (decision 0001), not to the incident: the
+    # hostile env file as the repoint wrote it, byte for byte, and the app healthy on moncabinet.
+    time.sleep(1)  # reports are named by the second they start in
+    sampler = ArgvSampler(password, marker, [lab.db, lab.app])
+    try:
+        back = run_playbook(ROLLBACK, inv, "-vvv", env={"QADHYA_FAULT_RUN": tmp_path.name})
+    finally:
+        sampler.close()
+    out = back.stdout + back.stderr
+    assert back.returncode == 0, out[-6000:]
+    assert report_of(tmp_path)["result"] == "rolled_back", report_of(tmp_path)["message"]
+    assert state(lab, SOURCE) == before
+    assert lab.env_file.read_bytes() == env_before.replace(b'DB_NAME="qadhya"', b'DB_NAME="moncabinet"')
+    status, body = lab.health()
+    assert status == 200 and body["database"] == SOURCE, (status, body)
+    assert TARGET in [r[0] for r in lab.psql("postgres", "SELECT datname FROM pg_database")]
+    assert blocked_databases(lab) == []
+    assert sampler.samples > 20 and sampler.leaks == [], (sampler.samples, sampler.leaks)
+    assert password not in out
 
 
 def test_both_databases_empty_is_refused_changing_nothing(lab, tmp_path):
