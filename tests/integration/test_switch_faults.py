@@ -325,6 +325,12 @@ def test_rollback_playbook_puts_a_success_back_and_then_changes_nothing(case):
     assert inst.env_file.read_bytes() == env_after
     assert inst.psql("postgres", "SELECT datname FROM pg_database") == databases_after
     assert inst.health()[1]["database"] == "qadhya"
+    # A later consolidation of the host changes nothing: its journal (unchanged) is newer, and
+    # the rollback still finds the run that changed things.
+    time.sleep(1)
+    rerun, again = consolidate(case)
+    assert rerun.returncode == 0 and again["result"] == "unchanged", again["message"]
+    time.sleep(1)
 
     first = run_playbook(ROLLBACK, case["inventory"], "-vvv")
     # The password is in the env file and in both containers' env: never in what a run prints.
