@@ -536,10 +536,12 @@ def test_long_backup_shows_progress_and_a_final_rate(lab, big_db, tmp_path):
     final = "%s MiB dumped in %s s (%s MiB/s)" % (mib, backup["duration_s"], backup["throughput_mb_s"])
     assert final in " ".join(proc.stdout.split()), proc.stdout[-3000:]
     assert backup["bytes"] > 20 * 1048576 and backup["throughput_mb_s"] > 0
-    # The manifest says what the backup holds, table by table, and no status file is left.
+    # The manifest says what the backup holds, table by table, and no status file is left; beside
+    # them only the journal directory of the run lock backup.yml takes, the lock released.
     manifest = json.loads(Path(backup["manifest_path"]).read_text())
     assert manifest["row_counts"] == {"big": 350000, "small": 2}
     assert set(manifest["checksums"]) == {"big", "small"}
     assert manifest["checksums"]["big"].startswith("350000:")
     assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == sorted(
-        [backup["path"].rsplit("/", 1)[1], backup["manifest_path"].rsplit("/", 1)[1]])
+        [backup["path"].rsplit("/", 1)[1], backup["manifest_path"].rsplit("/", 1)[1], "journal"])
+    assert not (tmp_path / "backups" / "journal" / "run.lock").exists()
