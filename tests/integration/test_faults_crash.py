@@ -94,6 +94,20 @@ def add_bulk(inst):
                       "FROM generate_series(1, 200000) g")
 
 
+def rerun_converges(case, rows_before):
+    """consolidate.yml after the crash: it takes the dead run's lock over, undoes its journal,
+    then consolidates, the app healthy on the target holding every row, nothing stray left."""
+    inst = case["inst"]
+    proc, report = run(case, CONSOLIDATE)
+    assert proc.returncode == 0 and report["result"] == "success", report["message"]
+    assert "was interrupted" in report.get("recovered", ""), report
+    status, body = inst.health()
+    assert status == 200 and body["database"] == TARGET, (status, body)
+    assert snapshot(inst, TARGET) == rows_before
+    assert databases(inst) == ["postgres", TARGET]
+    assert_no_stray_state(case)
+
+
 def test_a_crash_during_the_dump_then_rollback_yml_puts_it_back(case):
     inst = case["inst"]
     add_bulk(inst)
@@ -116,14 +130,7 @@ def test_a_crash_as_the_verification_starts_then_a_rerun_converges(case):
     rows_before = snapshot(inst, SOURCE)
     # The second window entry closes the window; the verification follows it.
     crash(case, lambda kill: JournalWatcher(case["backups"] / "journal", "window", kill, occurrence=2))
-    proc, report = run(case, CONSOLIDATE)
-    assert proc.returncode == 0 and report["result"] == "success", report["message"]
-    assert "was interrupted" in report.get("recovered", ""), report
-    status, body = inst.health()
-    assert status == 200 and body["database"] == TARGET, (status, body)
-    assert snapshot(inst, TARGET) == rows_before
-    assert databases(inst) == ["postgres", TARGET]
-    assert_no_stray_state(case)
+    rerun_converges(case, rows_before)
 
 
 def test_a_crash_during_the_dump_then_a_rerun_converges(case):
@@ -135,15 +142,8 @@ def test_a_crash_during_the_dump_then_a_rerun_converges(case):
     watcher = crash(case, lambda kill: PathWatcher(case["backups"], PARTIAL, kill, min_bytes=1 << 20),
                     whole_tree=True)
     assert watcher.seen and all(path.exists() for path in watcher.seen), "no partial dump left to find"
-    proc, report = run(case, CONSOLIDATE)
-    assert proc.returncode == 0 and report["result"] == "success", report["message"]
-    assert "was interrupted" in report.get("recovered", ""), report
+    rerun_converges(case, rows_before)
     assert not any(path.exists() for path in watcher.seen)
-    status, body = inst.health()
-    assert status == 200 and body["database"] == TARGET, (status, body)
-    assert snapshot(inst, TARGET) == rows_before
-    assert databases(inst) == ["postgres", TARGET]
-    assert_no_stray_state(case)
 
 
 def test_a_crash_as_the_verification_starts_then_rollback_yml_puts_it_back(case):
@@ -189,15 +189,9 @@ def test_a_restore_check_killed_halfway_leaves_no_scratch_database(module_lab, t
         assert status == 200 and body["database"] == SOURCE, (status, body)
         assert snapshot(inst, SOURCE) == rows_before
         assert databases(inst) == [SOURCE, "postgres", TARGET]  # no scratch database left
+        assert_no_stray_state(case)
     else:
-        proc, report = run(case, CONSOLIDATE)
-        assert proc.returncode == 0 and report["result"] == "success", report["message"]
-        assert "was interrupted" in report.get("recovered", ""), report
-        status, body = inst.health()
-        assert status == 200 and body["database"] == TARGET, (status, body)
-        assert snapshot(inst, TARGET) == rows_before
-        assert databases(inst) == ["postgres", TARGET]  # no scratch database left
-    assert_no_stray_state(case)
+        rerun_converges(case, rows_before)  # only postgres and the target: no scratch database left
 
 
 def test_a_crash_during_the_repoint_then_a_rerun_converges(module_lab, tmp_path):
@@ -214,11 +208,4 @@ def test_a_crash_during_the_repoint_then_a_rerun_converges(module_lab, tmp_path)
                 inventory=write_inventory(tmp_path / "inventory.json", hosts))
     rows_before = snapshot(inst, SOURCE)
     crash(case, lambda kill: JournalWatcher(case["backups"] / "journal", "env_write", kill))
-    proc, report = run(case, CONSOLIDATE)
-    assert proc.returncode == 0 and report["result"] == "success", report["message"]
-    assert "was interrupted" in report.get("recovered", ""), report
-    status, body = inst.health()
-    assert status == 200 and body["database"] == TARGET, (status, body)
-    assert snapshot(inst, TARGET) == rows_before
-    assert databases(inst) == ["postgres", TARGET]
-    assert_no_stray_state(case)
+    rerun_converges(case, rows_before)
