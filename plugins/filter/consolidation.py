@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import free_space_check
+
 
 def _rows(db):
     return sum(int(t.get("rows") or 0) for t in (db.get("tables") or {}).values())
@@ -135,9 +137,21 @@ def count_changes(before, after):
     return "rows %d -> %d: %s" % (total_before, total_after, ", ".join(changed))
 
 
+def backup_room(info, database, margin_mb=256):
+    """Whether a backup of `database` fits in the backup directory db_info read: the same rule
+    (free_space_check) as db_backup's own preflight."""
+    info = info or {}
+    room = info.get("backup_dir") or {}
+    if "free_bytes" not in room:
+        raise AnsibleFilterError("backup_room needs the db_info result of a call given backup_dir")
+    size = ((info.get("databases") or {}).get(database) or {}).get("size_bytes") or 0
+    return free_space_check(room["path"], int(room["free_bytes"]), size, margin_mb)
+
+
 class FilterModule:
     def filters(self):
         return {
+            "backup_room": backup_room,
             "consolidation_plan": consolidation_plan,
             "consolidation_steps": consolidation_steps,
             "count_changes": count_changes,

@@ -106,13 +106,16 @@ class Procs:
         return results
 
     def tool_available(self, tool):
-        """'container', 'host' or None: where `tool` (zstd) can run."""
+        """'host', 'container' or None: where `tool` (zstd) runs. The host first: there the SQL a
+        dump streams out of the container (or a restore into it) crosses `docker exec` once, not
+        out to the module and back in to a second one."""
+        if self.module.get_bin_path(tool):
+            return "host"
         if self.container:
             cmd, extra = self.argv(tool, ["--version"], env=False)
-            rc = self.module.run_command(cmd, environ_update=extra)[0]
-            if rc == 0:
+            if self.module.run_command(cmd, environ_update=extra)[0] == 0:
                 return "container"
-        return "host" if self.module.get_bin_path(tool) else None
+        return None
 
 
 def check_results(results, what):

@@ -46,6 +46,27 @@ def inspect_container(module, name):
     return json.loads(out)[0]
 
 
+def container_state(module, name, env_keys=()):
+    """A container's status, labels and the values of `env_keys` in its Config.Env, or None when
+    there is no such container. Config.Env holds secrets too: nothing else of it is kept."""
+    rc, out, err = module.run_command([docker_bin(module), "container", "inspect", "--", name])
+    if rc != 0:
+        if "no such" in err.lower():
+            return None
+        raise DockerError("cannot inspect container %r (%s); check that the Docker engine runs"
+                          % (name, err.strip()))
+    info = json.loads(out)[0]
+    state = info.get("State") or {}
+    config = info.get("Config") or {}
+    env = {}
+    for item in config.get("Env") or []:
+        key, _sep, value = item.partition("=")
+        if key in env_keys:
+            env[key] = value  # the last one wins, as in Docker
+    return dict(status=state.get("Status") or "", running=bool(state.get("Running")), env=env,
+                labels=dict(config.get("Labels") or {}))
+
+
 def container_ip(module, name):
     """First IP address of a running container on any of its networks."""
     info = inspect_container(module, name)

@@ -124,9 +124,10 @@ options:
     default: 5
   verify:
     description:
-      - Once the app is back (and Docker healthy), count and checksum every table of O(target) again, one
-        scan each in one snapshot, with the app serving; journaled as a C(verify) entry beside the last
-        word taken before the rename, and returned as RV(verified).
+      - Once the app is back (answering 200), count and checksum every table of O(target) again, one
+        scan each in one snapshot, with the app serving, while Docker's own health is still awaited;
+        journaled as a C(verify) entry beside the last word taken before the rename, and returned as
+        RV(verified).
       - The proof that the app runs on the data it had; the caller judges it (a table of the last word
         missing is a loss; rows changed since are the app's own writes).
     type: bool
@@ -190,7 +191,8 @@ window:
     downtime_s: 0.79
 timings:
   description: Seconds since the window opened at which each step ended (C(stop), C(rename), C(env_write),
-    C(start), C(serving), C(closed)) and, after it, C(docker_healthy); C(prepare) is the time before it.
+    C(start), C(serving), C(closed)) and, after it, C(verified) and C(docker_healthy); C(prepare) is the
+    time before it.
   returned: always
   type: dict
   sample: {"prepare": 0.21, "stop": 0.24, "rename": 0.31, "env_write": 0.32, "start": 0.41, "serving": 0.78}
@@ -454,11 +456,13 @@ class Switch:
         closed_at = self._window_edge("close", timings=dict(self.timings))
         self.result["window"] = dict(opened_at=opened_at, closed_at=closed_at,
                                      downtime_s=self.timings["closed"])
-        # -- after the window: Docker's own health, still before the caller's success ------------
-        self._step("Docker health", starter.wait_docker_health)
-        self._mark("docker_healthy")
+        # -- after the window, before the caller's success: the count after, then Docker's own
+        # health. The app serves already (HTTP 200); Docker's first check comes one --interval
+        # after the start, so the count is taken while it is awaited, not after.
         if params["verify"] and "proof" in self.result:
             self._verify(self.result["proof"])
+        self._step("Docker health", starter.wait_docker_health)
+        self._mark("docker_healthy")
         return self.result
 
     def _verify(self, proof):

@@ -89,8 +89,10 @@ options:
         the incident runbook; the compression runs in this module while the
         dump streams, which measured faster than C(gzip) in the container.
       - V(plain_zstd) is plain SQL compressed with C(zstd) (file C(.sql.zst));
-        C(zstd) runs in the database container, or on the Docker host when the
-        container lacks it. The module fails when neither has it.
+        C(zstd) runs on the Docker host when it has one, so that the SQL crosses
+        C(docker exec) once (on a 1.1 GB database this measured 16 s, against 25 s
+        with C(zstd) in the container, whose SQL goes out and back in); else in the
+        database container. The module fails when neither has it.
     type: str
     choices: [custom, plain_gzip, plain_zstd]
     default: custom

@@ -105,6 +105,31 @@ options:
     description: How many databases are inspected at the same time (one connection each).
     type: int
     default: 4
+  app_container:
+    description:
+      - Name of the application's container, whose state is reported in RV(app_container), so that a
+        run's pre-check reads the database, the env file and both containers in one call.
+      - Of its C(Config.Env) (which holds secrets too) only the value of O(env_db_key) is read.
+    type: str
+    version_added: 0.2.0
+  health_url:
+    description:
+      - The app's health URL, read once (GET, 5 s timeout, safe redirects followed), its status reported in
+        RV(app_health) - whether the app serves now, which is what a run owes it back if it must undo.
+    type: str
+    version_added: 0.2.0
+  health_validate_certs:
+    description: Verify the TLS certificate of an C(https) O(health_url).
+    type: bool
+    default: true
+    version_added: 0.2.0
+  backup_dir:
+    description:
+      - Directory on the host the module runs on whose free space is reported in RV(backup_dir), for a
+        run that must back up a database before it changes anything. It need not exist yet (the free
+        space of its nearest existing parent is read). Nothing is written.
+    type: path
+    version_added: 0.2.0
   lock_wait_timeout:
     description:
       - Seconds any statement of the module waits for a lock held by another
@@ -284,6 +309,33 @@ env_secret_keys:
   type: list
   elements: str
   sample: [DB_PASSWORD]
+db_address:
+  description: The address the module reached PostgreSQL at (O(login_host), else the database container's).
+  returned: always
+  type: str
+  sample: 172.18.0.2
+app_container:
+  description:
+    - The state of O(app_container) - C(exists); then Docker's C(status) (C(running), C(exited),
+      C(paused), C(dead)...), C(running) (Docker's own flag, true for a paused container too), the
+      C(compose_project) label (empty when the container is not a Compose service), and
+      C(env_at_creation), the value of O(env_db_key) in its C(Config.Env) (null when it has none).
+  returned: when O(app_container) is given
+  type: dict
+  sample: {"name": "qadhya-nextjs", "exists": true, "status": "running", "running": true,
+           "compose_project": "", "env_at_creation": null}
+app_health:
+  description:
+    - The C(url) of O(health_url), the HTTP C(status) it answered (null when it did not answer), and the
+      C(error) when it did not.
+  returned: when O(health_url) is given
+  type: dict
+  sample: {"url": "http://127.0.0.1:3000/api/health", "status": 200, "error": ""}
+backup_dir:
+  description: The C(path) of O(backup_dir) and the C(free_bytes) of the volume it is (or will be) on.
+  returned: when O(backup_dir) is given
+  type: dict
+  sample: {"path": "/var/backups/qadhya", "free_bytes": 21474836480}
 elapsed_ms:
   description: Wall time of the whole inventory.
   returned: always
@@ -299,7 +351,10 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
     require_psycopg2,
     resolve_host,
 )
+from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import free_bytes
 from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import counted_tables, list_relations
+from ansible_collections.qadhya.dbops.plugins.module_utils._container import HealthProbe
+from ansible_collections.qadhya.dbops.plugins.module_utils._docker import DockerError, container_state
 from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     MIGRATIONS_TABLE,
     Connector,
@@ -392,7 +447,8 @@ class DbInfo:
         public_env, secret_keys = split_env(env)
 
         require_psycopg2(self.module)
-        connector = Connector(params, resolve_host(self.module), lock_timeout=params["lock_wait_timeout"])
+        address = resolve_host(self.module)
+        connector = Connector(params, address, lock_timeout=params["lock_wait_timeout"])
         conn = connector.open(params["maintenance_db"])
         try:
             with conn.cursor() as cur:
@@ -416,6 +472,14 @@ class DbInfo:
 
         server_names = sorted(n for n, i in server.items() if not i["is_template"])
         verdict = decide(databases, configured, server_names, env_given=bool(params["env_file"]))
+        parts = {}
+        if params["app_container"]:
+            parts["app_container"] = self._app_container(params["app_container"])
+        if params["health_url"]:
+            status, _body, error = HealthProbe(params["health_validate_certs"])(params["health_url"], 5)
+            parts["app_health"] = dict(url=params["health_url"], status=status, error=error)
+        if params["backup_dir"]:
+            parts["backup_dir"] = dict(path=params["backup_dir"], free_bytes=free_bytes(params["backup_dir"]))
         return dict(
             changed=False,
             server_version=version,
@@ -425,9 +489,22 @@ class DbInfo:
             configured_database=configured,
             env=public_env,
             env_secret_keys=secret_keys,
+            db_address=address,
             elapsed_ms=int((time.monotonic() - started) * 1000),
-            **verdict
+            **dict(verdict, **parts)
         )
+
+    def _app_container(self, name):
+        key = self.params["env_db_key"]
+        try:
+            state = container_state(self.module, name, env_keys=(key,))
+        except DockerError as exc:
+            raise InventoryError(str(exc)) from None
+        if state is None:
+            return dict(name=name, exists=False)
+        return dict(name=name, exists=True, status=state["status"], running=state["running"],
+                    compose_project=state["labels"].get("com.docker.compose.project", ""),
+                    env_at_creation=state["env"].get(key))
 
 
 def main():
@@ -444,6 +521,10 @@ def main():
         migrations_table=dict(type="str", default=MIGRATIONS_TABLE),
         parallel=dict(type="int", default=4),
         lock_wait_timeout=dict(type="float", default=5.0),
+        app_container=dict(type="str"),
+        backup_dir=dict(type="path"),
+        health_url=dict(type="str"),
+        health_validate_certs=dict(type="bool", default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     try:

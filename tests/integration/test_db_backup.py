@@ -39,14 +39,15 @@ class Runner:
         self.tmp = tmp
         self.count = 0
 
-    def __call__(self, check=False, module="db_backup", **args):
+    def __call__(self, check=False, module="db_backup", task_env=None, **args):
         base = {} if module == "db_backup_info" else dict(
             db_container=self.lab.db, login_user=self.lab.info["db_user"],
             login_password=self.lab.info["db_password"])
         base.update(args)
         self.count += 1
         play = [dict(hosts="localhost", gather_facts=False, tasks=[
-            dict(name="backup", **{"qadhya.dbops." + module: base}, check_mode=check, no_log=False),
+            dict(name="backup", **{"qadhya.dbops." + module: base}, check_mode=check, no_log=False,
+                 environment=task_env or {}),
         ])]
         book = self.tmp / ("play%d.yml" % self.count)
         book.write_text(json.dumps(play))
@@ -247,6 +248,37 @@ def test_plain_gzip_is_standard_gzip_with_matching_sha_copy_and_prune(run, tmp_p
     sql = subprocess.run(["sh", "-c", "gzip -dc '%s' | grep -c 'COPY public.knowledge_base'" % path],
                          capture_output=True, text=True, check=False).stdout.strip()
     assert sql == "1"
+
+
+@pytest.mark.parametrize("where", ["host", "container"])
+def test_plain_zstd_round_trip_with_zstd_on_the_host_or_only_in_the_container(lab, run, tmp_path, where):
+    # zstd runs on the Docker host when it has one (the SQL crosses docker exec once), else in the
+    # database container: a PATH without zstd leaves the module only the container's.
+    if shutil.which("zstd") is None:
+        pytest.skip("no zstd on this Docker host")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("docker", "sh"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    dest = tmp_path / "zst"
+    target = "restored_zstd_%s" % where
+    env = {} if where == "host" else {"task_env": {"PATH": str(bare)}}
+    try:
+        result = run(database="moncabinet", dest_dir=str(dest), format="plain_zstd", verify="restore",
+                     compression_level=3, **env)
+        assert not result.get("failed"), result.get("msg")
+        path = Path(result["path"])
+        assert path.name.endswith(".sql.zst") and mode(path) == 0o600
+        assert subprocess.run(["zstd", "-q", "-t", str(path)], check=False).returncode == 0
+        manifest = json.loads(Path(result["manifest_path"]).read_text())
+        assert manifest["sha256"] == sha256sum(path) and manifest["compression"]["method"] == "zstd"
+        assert result["verified"]["ok"] is True and result["verified"]["level"] == "restore"
+        restored = run(action="restore", path=str(path), restore_target=target, **env)
+        assert restored["changed"] is True and not restored.get("failed"), restored.get("msg")
+        assert lab.psql(target, "SELECT count(*) FROM knowledge_base") == [["580"]]
+        assert restored["row_counts_after"] == manifest["row_counts"]
+    finally:
+        lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % target)
 
 
 def test_restore_into_new_database_then_idempotent(lab, run, custom_backup):

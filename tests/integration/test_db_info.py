@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -94,6 +95,30 @@ def test_incident_is_diagnosed(lab_instance):
     assert again["changed"] is False and stable(again) == stable(result)
     assert stable(checked) == stable(result)
     print("\ndb_info on the lab: module %d ms, ansible wall %.2f s" % (result["elapsed_ms"], wall))
+
+
+def test_the_app_container_and_the_backup_room_in_the_same_call(lab_instance, tmp_path):
+    lab = lab_instance
+    args = lab.login_args(env_file=str(lab.env_file), app_container=lab.app,
+                          backup_dir=str(tmp_path / "not-yet" / "backups"))
+    result, _ = run_module("db_info", args)
+    assert result["db_address"] == container_ip(lab.db)
+    app = result["app_container"]
+    assert app["name"] == lab.app and app["exists"] is True
+    assert app["status"] == "running" and app["running"] is True and app["compose_project"] == ""
+    # What the container took at creation, read from Docker, not from the env file.
+    created = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", lab.app],
+                             capture_output=True, text=True, check=True).stdout
+    names = [item.split("=", 1)[1] for item in json.loads(created) if item.startswith("DB_NAME=")]
+    assert app["env_at_creation"] == (names[-1] if names else None)
+    assert lab.info["db_password"] not in json.dumps(result)
+    # A directory to be created reports the free space of the volume it will be on.
+    room = result["backup_dir"]
+    assert room["path"] == str(tmp_path / "not-yet" / "backups") and not (tmp_path / "not-yet").exists()
+    free = os.statvfs(tmp_path)
+    assert abs(room["free_bytes"] - free.f_bavail * free.f_frsize) < 256 * 1024 * 1024
+    gone, _ = run_module("db_info", dict(args, app_container=lab.app + "-gone"))
+    assert gone["app_container"] == {"name": lab.app + "-gone", "exists": False}
 
 
 def test_estimate_and_auto(lab_instance):

@@ -66,6 +66,15 @@ def test_a_missing_app_container(case):
     assert "\n" not in message, message
 
 
+def test_a_health_url_that_can_never_answer_200(case):
+    # A typo in the path: the app answers 404, and would until the switch's health wait ran out.
+    url = case["inst"].health_url.rsplit("/", 1)[0] + "/healthz-typo"
+    message = refused(case, "%s answered HTTP 404: it is not the app's health URL" % url,
+                      dbops_health_url=url)
+    assert message.endswith("fix dbops_health_url and rerun — nothing was changed"), message
+    assert "\n" not in message, message
+
+
 @contextlib.contextmanager
 def stopped(inst, container):
     docker("stop", "-t", "5", container)

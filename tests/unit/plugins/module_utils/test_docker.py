@@ -1,6 +1,6 @@
 # Copyright: qadhya.dbops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Units for _docker.container_ip: the database container's address, or one line naming the fix."""
+"""Units for _docker: the database container's address (or one line naming the fix), a container's state."""
 
 from __future__ import annotations
 
@@ -36,3 +36,27 @@ def test_a_container_that_cannot_answer_is_one_line_naming_the_command(state, li
     with pytest.raises(_docker.DockerError) as raised:
         _docker.container_ip(module_inspecting(state, {"app": {"IPAddress": "172.18.0.2"}}), "db")
     assert str(raised.value) == line
+
+
+def test_container_state_keeps_of_config_env_only_the_keys_asked_for():
+    module = MagicMock()
+    module.get_bin_path.return_value = "/usr/bin/docker"
+    info = {"State": {"Running": True, "Paused": True, "Status": "paused"},
+            "Config": {"Env": ["DB_NAME=old", "DB_PASSWORD=s3cret", "DB_NAME=moncabinet", "PATH=/bin"],
+                       "Labels": {"com.docker.compose.project": "moncabinet"}}}
+    module.run_command.return_value = (0, json.dumps([info]), "")
+    state = _docker.container_state(module, "app", env_keys=("DB_NAME",))
+    # The last DB_NAME wins, as in Docker; the password never leaves the inspect.
+    assert state == {"status": "paused", "running": True, "env": {"DB_NAME": "moncabinet"},
+                     "labels": {"com.docker.compose.project": "moncabinet"}}
+    assert "s3cret" not in json.dumps(state)
+
+
+def test_container_state_is_none_for_a_missing_container_and_an_error_otherwise():
+    module = MagicMock()
+    module.get_bin_path.return_value = "/usr/bin/docker"
+    module.run_command.return_value = (1, "", "Error: No such container: app")
+    assert _docker.container_state(module, "app") is None
+    module.run_command.return_value = (1, "", "Cannot connect to the Docker daemon")
+    with pytest.raises(_docker.DockerError, match="cannot inspect container 'app'"):
+        _docker.container_state(module, "app")
