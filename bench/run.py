@@ -1143,9 +1143,12 @@ HEALTH_TEXT = [
     "poll it. Docker runs a container's first health check one `--interval` after its start (the",
     "lab image: 1 s; Docker's default: 30 s; `--start-interval` shortens that, but needs Docker 25",
     "and this machine runs 20.10); when the image has a `HEALTHCHECK`, the module waits for",
-    "Docker's `healthy` only after the window has closed, so a long interval makes the run longer,",
-    "not the downtime. Without a health URL Docker's `healthy` is the only sign, and the window",
-    "waits for it: set `dbops_health_url`, or a low `--health-interval` (1–2 s).", ""]
+    "Docker's `healthy` only after the window has closed, counting every table again meanwhile, so",
+    "a long interval makes the run longer, not the downtime: with Docker's default of 30 s, about",
+    "30 s longer. A user can set a low `--health-interval` (1–2 s) on the app, or",
+    "`dbops_wait_docker_healthy: false`, which ends each start at the first 200 (what the shell and",
+    "the peer playbook wait for). Without a health URL Docker's `healthy` is the only sign, and the",
+    "window waits for it: set `dbops_health_url`.", ""]
 
 
 def median_run(runs):
