@@ -1131,9 +1131,9 @@ def render_sigterm(table, lines):
               "grows less than the run; the playbook stops the app twice (repoint, then switch), the",
               "shell and the peer once. What a user can set: run the app under an init",
               "(`docker run --init`, Compose `init: true`) or make it handle SIGTERM; shorten the",
-              "grace period (`restart_container_stop_timeout`, default 10 s, passed as an extra var;",
-              "`docker run --stop-timeout`, Compose `stop_grace_period`) when the app has nothing to",
-              "flush.", ""]
+              "grace period (`dbops_stop_timeout`, default 10 s, for every stop of the run; the",
+              "shell's `docker stop -t`, `docker run --stop-timeout`, Compose `stop_grace_period`) when",
+              "the app has nothing to flush.", ""]
 
 
 HEALTH_TEXT = [

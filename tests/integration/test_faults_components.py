@@ -9,9 +9,11 @@ that another writer fills up while the backup is being dumped.
 """
 
 import errno
+import importlib.util
 import json
 import math
 import subprocess
+import time
 
 import pytest
 from faultkit import DockerFaultProxy, PathWatcher, blocked_databases, repoint, snapshot
@@ -146,3 +148,45 @@ def test_a_backup_volume_filled_up_during_the_dump_stops_the_run_before_the_app_
     assert lab.health()[0] == 200 and lab.health()[1]["database"] == SOURCE
     assert lab.info["db_password"] not in out
     assert_nothing_changed(lab, tmp_path, before, backups)
+
+
+def load_lab_module():
+    spec = importlib.util.spec_from_file_location("qadhya_lab_for_sigterm", REPO / "lab" / "lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_app_that_ignores_sigterm_waits_only_dbops_stop_timeout_at_each_stop(lab, tmp_path):
+    # As Node does as PID 1 without an init: every `docker stop` waits its whole grace period, inside
+    # the window. The lab's app, from an image whose process ignores SIGTERM, in the lab's own container.
+    labmod = load_lab_module()
+    image = "qadhya-lab/app:1-ignores-sigterm-it"
+    ignore = ("import runpy, signal; _set = signal.signal; signal.signal = lambda s, h: "
+              "_set(s, signal.SIG_IGN if s == signal.SIGTERM else h); runpy.run_path('/app/app.py', "
+              "run_name='__main__')")
+    subprocess.run(["docker", "build", "-q", "-t", image, "-"], check=True, capture_output=True, text=True,
+                   input="FROM %s\nCMD %s\n" % (labmod.APP_IMAGE, json.dumps(["python3", "-c", ignore])))
+    labmod.remove_container(lab.app)
+    saved, labmod.APP_IMAGE = labmod.APP_IMAGE, image
+    try:
+        labmod.start_app(labmod.load_instance(lab.info["name"]))
+    finally:
+        labmod.APP_IMAGE = saved
+    try:
+        wait_for(lambda: lab.health()[0] == 200, timeout=60)
+        started = time.monotonic()
+        # From the incident: the repoint stops the app once, the switch once more.
+        proc, out, _before = consolidate(lab, tmp_path, dbops_stop_timeout=1)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, out[-4000:]
+        report = json.loads(sorted((tmp_path / "reports").glob("lab1-*.json"))[-1].read_text())
+        assert report["result"] == "success", report["message"]
+        # Killed after 1 s, not 10: the window is that second and the start, and the run has no
+        # two 10 s waits in it.
+        assert report["downtime_s"] < 6, report["downtime_s"]
+        assert took < 60, took
+        status, body = lab.health()
+        assert status == 200 and body["database"] == "qadhya"
+    finally:
+        lab.reset("--mode", "mounted")
