@@ -353,7 +353,6 @@ from ansible_collections.qadhya.dbops.plugins.module_utils._connection import (
 )
 from ansible_collections.qadhya.dbops.plugins.module_utils._backup_files import free_bytes
 from ansible_collections.qadhya.dbops.plugins.module_utils._catalog import counted_tables, list_relations
-from ansible_collections.qadhya.dbops.plugins.module_utils._container import HealthProbe
 from ansible_collections.qadhya.dbops.plugins.module_utils._docker import DockerError, container_state
 from ansible_collections.qadhya.dbops.plugins.module_utils._inventory import (
     MIGRATIONS_TABLE,
@@ -476,6 +475,10 @@ class DbInfo:
         if params["app_container"]:
             parts["app_container"] = self._app_container(params["app_container"])
         if params["health_url"]:
+            # Imported only when asked: its HTTP client is most of _container's import time, which every
+            # other db_info call (check.yml, backup.yml) would pay for nothing.
+            from ansible_collections.qadhya.dbops.plugins.module_utils._container import HealthProbe
+
             status, _body, error = HealthProbe(params["health_validate_certs"])(params["health_url"], 5)
             parts["app_health"] = dict(url=params["health_url"], status=status, error=error)
         if params["backup_dir"]:
